@@ -1,0 +1,105 @@
+"""Flax models chosen by name in the config.
+
+Both models take inputs of shape ``(batch, *input_shape)`` and return logits of
+shape ``(batch, num_classes)``. The MLP flattens its input; the CNN convolves
+over the spatial axes of NHWC images (2-D) or NWC sequences (1-D, as MNIST-1D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MODEL_NAMES = ("mlp", "cnn")
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; ``hidden`` lists the hidden widths."""
+
+    hidden: Sequence[int]
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x_BxI: jax.Array) -> jax.Array:
+        h = x_BxI.reshape((x_BxI.shape[0], -1))
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        return nn.Dense(self.num_classes)(h)
+
+
+class CNN(nn.Module):
+    """Small convolutional network: conv-relu-pool blocks, then a dense head.
+
+    Works on 1-D sequences (``x`` of rank 3, NWC) and 2-D images (rank 4, NHWC).
+    """
+
+    channels: Sequence[int]
+    dense: int
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        spatial = x.ndim - 2
+        kernel, window = (5,) * spatial, (2,) * spatial
+        h = x
+        for ch in self.channels:
+            h = nn.relu(nn.Conv(ch, kernel)(h))
+            h = nn.max_pool(h, window, strides=window)
+        h = h.reshape((h.shape[0], -1))
+        h = nn.relu(nn.Dense(self.dense)(h))
+        return nn.Dense(self.num_classes)(h)
+
+
+class Model(NamedTuple):
+    """A built model: the flax module and its example input shape."""
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+
+    def init(self, key: jax.Array):
+        """Initial parameters for one example of ``input_shape``."""
+        return self.module.init(key, jnp.zeros((1, *self.input_shape), jnp.float32))["params"]
+
+    def apply(self, params, x: jax.Array) -> jax.Array:
+        return self.module.apply({"params": params}, x)
+
+
+def make_model(
+    name: str,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: Sequence[int] = (256,),
+    channels: Sequence[int] = (16, 32),
+    dense: int = 64,
+) -> Model:
+    """Build the model called ``name`` for inputs of ``input_shape``."""
+    if name == "mlp":
+        if not hidden or any(int(w) <= 0 for w in hidden):
+            raise ValueError(f"model.hidden = {tuple(hidden)!r}: expected positive widths")
+        module = MLP(hidden=tuple(int(w) for w in hidden), num_classes=num_classes)
+    elif name == "cnn":
+        if len(input_shape) not in (2, 3):
+            raise ValueError(
+                f"model 'cnn' needs inputs of shape (length, channels) or (height, width, "
+                f"channels), got input_shape {input_shape}"
+            )
+        if not channels or any(int(c) <= 0 for c in channels) or dense <= 0:
+            raise ValueError(
+                f"model.channels = {tuple(channels)!r}, model.dense = {dense}: expected positive sizes"
+            )
+        module = CNN(
+            channels=tuple(int(c) for c in channels), dense=int(dense), num_classes=num_classes
+        )
+    else:
+        raise ValueError(f"model name {name!r} is unknown; expected one of {MODEL_NAMES}")
+    return Model(name=name, module=module, input_shape=tuple(input_shape))
+
+
+def count_params(params) -> int:
+    return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
