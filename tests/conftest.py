@@ -6,6 +6,7 @@ Choose explicitly with ``HYPOTHESIS_PROFILE=dev``.
 """
 
 import os
+import tempfile
 
 import jax
 from hypothesis import HealthCheck, settings
@@ -26,5 +27,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# Keep generated datasets out of the user's cache during tests.
+os.environ.setdefault("POT_JAX_CACHE", tempfile.mkdtemp(prefix="pot-jax-test-cache-"))
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
