@@ -5,7 +5,9 @@ deadline) and is selected whenever ``CI`` is set; ``dev`` explores more.
 Choose explicitly with ``HYPOTHESIS_PROFILE=dev``.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import jax
@@ -29,6 +31,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 # Keep generated datasets out of the user's cache during tests.
-os.environ.setdefault("POT_JAX_CACHE", tempfile.mkdtemp(prefix="pot-jax-test-cache-"))
+if "POT_JAX_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="pot-jax-test-cache-")
+    os.environ["POT_JAX_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

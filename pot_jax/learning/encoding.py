@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import NamedTuple
 
+import blake3
 import jax
 import numpy as np
 
 MAGIC = b"POTJAXT1"
 DIGEST_SIZE = 32
+
+# Commitment hashes, all 256-bit. SHA-256 is the default and what DESIGN.md
+# specifies; BLAKE3 is the measured-faster option for large gradients (see
+# ``pot-jax bench throughput --commitment-hash``). Both release the GIL on
+# large buffers, so rows hash in parallel on a thread pool.
+COMMITMENT_HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "blake3": blake3.blake3}
 
 
 class EncodingError(ValueError):
@@ -119,11 +128,12 @@ def encode_pytree(tree, spec: TreeSpec | None = None) -> bytes:
     return header_bytes(spec) + b"".join(body)
 
 
-def pytree_digest(tree, spec: TreeSpec | None = None) -> bytes:
-    """SHA-256 of the canonical encoding, hashed leaf by leaf without concatenating."""
+def pytree_digest(tree, spec: TreeSpec | None = None, *, hash_name: str = "sha256") -> bytes:
+    """Hash (SHA-256 by default) of the canonical encoding, leaf by leaf without concatenating."""
     spec = tree_spec(tree) if spec is None else spec
     check_pytree(tree, spec)
-    h = hashlib.sha256(header_bytes(spec))
+    h = _hasher(hash_name)()
+    h.update(header_bytes(spec))
     for leaf, d in zip(jax.tree_util.tree_leaves(tree), spec.dtypes, strict=True):
         h.update(_leaf_bytes(leaf, d))
     return h.digest()
@@ -194,12 +204,37 @@ def flat_row_bytes(row_P: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(row).reshape(-1).view(np.uint8)
 
 
-def flat_digest(header: bytes, row_P: np.ndarray) -> bytes:
+def _hasher(name: str) -> Callable:
+    try:
+        return COMMITMENT_HASHES[name]
+    except KeyError:
+        raise ValueError(
+            f"commitment hash {name!r} is unknown; expected one of {sorted(COMMITMENT_HASHES)}"
+        ) from None
+
+
+def flat_digest(header: bytes, row_P: np.ndarray, *, hash_name: str = "sha256") -> bytes:
     """Digest of the pytree whose canonical leaves, raveled in order, are ``row_P``.
 
     Equal to ``pytree_digest(unravel(row_P))`` for a spec whose leaves all share
     ``row_P``'s dtype; this is the commitment hot path (no concatenation).
     """
-    h = hashlib.sha256(header)
-    h.update(flat_row_bytes(row_P))
+    h = _hasher(hash_name)()
+    h.update(header)
+    h.update(flat_row_bytes(row_P))  # update() releases the GIL on large buffers
     return h.digest()
+
+
+def flat_digests(
+    header: bytes,
+    grads_WxP: np.ndarray,
+    *,
+    hash_name: str = "sha256",
+    executor: Executor | None = None,
+) -> list[bytes]:
+    """One commitment per worker row, on ``executor``'s threads when given."""
+    _hasher(hash_name)
+    rows = np.asarray(grads_WxP)
+    if executor is None:
+        return [flat_digest(header, row, hash_name=hash_name) for row in rows]
+    return list(executor.map(lambda row: flat_digest(header, row, hash_name=hash_name), rows))

@@ -1,7 +1,11 @@
 """The pure training functions, jitted once here where they are owned.
 
 Workers, validators (spot-check recomputation) and the auditor all call the
-same ``Learner.worker_gradients``, so they cannot drift. Gradients travel as
+same ``Learner.worker_gradient``, so they cannot drift. XLA compiles a
+vmapped batch of workers differently from a single worker, so the rows of the
+batched ``Learner.worker_gradients`` (the fast path for simulations and
+benchmarks) agree with ``worker_gradient`` only to float tolerance (~1e-7),
+not bit for bit: bitwise spot checks must compare outputs of the same function. Gradients travel as
 one flat float32 row per worker (``grads_WxP``): the model's leaves raveled
 in canonical order (``encoding.tree_spec``), so a row's bytes are the payload
 of the canonical encoding and aggregation is a matrix product.
@@ -61,7 +65,9 @@ class Learner(NamedTuple):
     header: bytes
     unravel: Callable[[jax.Array], Any]
     mesh: Mesh
-    # (params, x_WxBx..., y_WxB) -> grads_WxP
+    # (params, x_Bx..., y_B) -> grad_P: one worker, the canonical computation
+    worker_gradient: Callable
+    # (params, x_WxBx..., y_WxB) -> grads_WxP: all workers at once (vmapped, sharded)
     worker_gradients: Callable
     # (params, opt_state, agg_P) -> (params, opt_state)
     apply_update: Callable
@@ -139,6 +145,7 @@ def make_learner(
         header=header_bytes(spec),
         unravel=unravel,
         mesh=mesh,
+        worker_gradient=jax.jit(flat_grad),
         worker_gradients=worker_gradients,
         apply_update=jax.jit(apply_update),
         centralized_step=jax.jit(centralized_step),

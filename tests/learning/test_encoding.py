@@ -125,7 +125,9 @@ def test_check_pytree_names_gradient_mismatch():
     spec = tree_spec(small_tree())
     bad = small_tree()
     bad["Dense_1"]["kernel"] = np.zeros((2, 3), np.float32)
-    with pytest.raises(EncodingError, match=r"gradient leaf \['Dense_1'\]\['kernel'\] has shape \(2, 3\)"):
+    with pytest.raises(
+        EncodingError, match=r"gradient leaf \['Dense_1'\]\['kernel'\] has shape \(2, 3\)"
+    ):
         check_pytree(bad, spec, what="gradient")
     check_pytree(small_tree(), spec)
 
@@ -139,3 +141,27 @@ def test_check_finite_names_leaf():
     bad["Dense_0"]["bias"][1] = np.inf
     with pytest.raises(EncodingError, match="non-finite"):
         check_finite(bad, spec)
+
+
+@pytest.mark.parametrize("hash_name", ["sha256", "blake3"])
+def test_flat_digests_on_threads_match_pytree_digests(hash_name):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pot_jax.learning.encoding import flat_digests
+
+    trees = [small_tree(s) for s in range(5)]
+    spec = tree_spec(trees[0])
+    rows = np.stack(
+        [np.concatenate([x.reshape(-1) for x in jax.tree_util.tree_leaves(t)]) for t in trees]
+    )
+    expected = [pytree_digest(t, hash_name=hash_name) for t in trees]
+    with ThreadPoolExecutor(2) as pool:
+        got = flat_digests(header_bytes(spec), rows, hash_name=hash_name, executor=pool)
+    assert got == expected
+    assert flat_digests(header_bytes(spec), rows, hash_name=hash_name) == expected
+    assert len(set(expected)) == 5
+
+
+def test_unknown_commitment_hash_is_named():
+    with pytest.raises(ValueError, match="commitment hash 'md5' is unknown"):
+        pytree_digest(small_tree(), hash_name="md5")

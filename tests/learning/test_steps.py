@@ -59,6 +59,16 @@ def test_worker_gradients_are_bitwise_deterministic():
     assert a.tobytes() == b.tobytes()
 
 
+def test_single_worker_gradient_is_bitwise_reproducible_and_close_to_batched_rows():
+    learner, params, x, y = tiny()
+    batched = np.asarray(learner.worker_gradients(params, x, y))
+    for w in range(4):
+        one = np.asarray(learner.worker_gradient(params, x[w], y[w]))
+        again = np.asarray(learner.worker_gradient(params, x[w], y[w]))
+        assert one.tobytes() == again.tobytes()
+        np.testing.assert_allclose(one, batched[w], rtol=1e-5, atol=1e-6)
+
+
 def test_accuracy_counts_correct_predictions():
     learner, params, x, y = tiny()
     xs, ys = x.reshape(12, 40, 1), y.reshape(-1)

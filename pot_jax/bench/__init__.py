@@ -1,0 +1,1 @@
+"""pot_jax.bench."""

@@ -1,0 +1,88 @@
+"""The command line: flags to config, a tiny end-to-end train, named errors."""
+
+import json
+
+import pytest
+
+from pot_jax.cli import main
+from pot_jax.config import ConfigError, TrainConfig
+
+TINY = [
+    "--dataset", "teacher", "--workers", "4", "--batch-size", "8", "--rounds", "60",
+    "--eval-every", "20", "--hidden", "16", "--learning-rate", "0.5", "--progress", "false",
+]  # fmt: skip
+
+
+def test_train_writes_config_metrics_and_summary(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "centralized test accuracy" in out and "data-parallel test accuracy" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["seed"] == 0 and config["config"]["workers"] == 4
+    assert config["jax_version"] and config["device"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [20, 40, 60]
+    summary = json.loads((run / "summary.json").read_text())
+    # Mean over honest workers is centralized SGD on the union batch.
+    assert summary["data_parallel_accuracy"] == pytest.approx(summary["centralized_accuracy"], abs=0.02)
+    assert summary["centralized_accuracy"] > 0.3  # well above 1/10 chance on the teacher task
+
+
+def test_same_seed_same_metrics(tmp_path):
+    for name in ("a", "b"):
+        assert main(["train", *TINY, "--run-dir", str(tmp_path / name)]) == 0
+    a = (tmp_path / "a" / "summary.json").read_text()
+    b = (tmp_path / "b" / "summary.json").read_text()
+    strip = ("seconds", "run_dir")
+    ja = {k: v for k, v in json.loads(a).items() if not any(s in k for s in strip)}
+    jb = {k: v for k, v in json.loads(b).items() if not any(s in k for s in strip)}
+    assert ja == jb
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "resnet"], "model name 'resnet' is unknown"),
+        (["--dataset", "imagenet"], "imagenet"),
+        (["--workers", "0"], "workers = 0: expected a positive integer"),
+        (["--learning-rate", "nan"], "learning_rate = nan"),
+        (["--partition", "zipf"], "partition = 'zipf'"),
+        (["--aggregation", "average"], "average"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist does not exist"),
+        (["--dataset", "mnist", "--data-dir", "/tmp"], "train-images"),
+    ],
+)
+def test_bad_config_is_rejected_with_field_and_value(tmp_path, capsys, flags, message):
+    code = main(["train", *TINY, *flags, "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+
+
+def test_unparseable_flag_exits_with_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--workers", "many"])
+    assert exc.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_config_rejects_bad_values_directly():
+    with pytest.raises(ConfigError, match="rounds = -3"):
+        TrainConfig(rounds=-3)
+    with pytest.raises(ConfigError, match="hidden = \\(\\)"):
+        TrainConfig(hidden=())
+
+
+def test_bench_throughput_prints_the_promised_fields(capsys):
+    args = ["bench", "throughput", "--json", "--batch", "4", "--workers", "4", "--hidden", "32"]
+    assert main([*args, "--rounds", "2", "--repeats", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in (
+        "centralized_examples_per_s", "pot_core_examples_per_s", "ratio", "breakdown_ms",
+        "model", "batch", "workers", "params", "jax_version", "device",
+    ):  # fmt: skip
+        assert key in result
+    parts = {"gradients", "encoding", "commitment_hashing", "aggregation", "update"}
+    assert parts <= set(result["breakdown_ms"])
+    assert result["ratio"] > 0
