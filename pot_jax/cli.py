@@ -50,6 +50,30 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_crypto(args: argparse.Namespace) -> int:
+    import jax
+
+    from pot_jax.crypto import bls
+    from pot_jax.crypto.bench import bench_bls
+    from pot_jax.crypto.worker_signatures import bench_worker_signatures
+    from pot_jax.runinfo import device_description
+
+    sizes = tuple(int(n) for n in args.sizes.split(","))
+    backends = args.backends.split(",") if args.backends else list(bls.BACKENDS)
+    unknown = sorted(set(backends) - set(bls.BACKENDS))
+    if unknown:
+        raise ValueError(f"--backends {unknown}: expected names from {list(bls.BACKENDS)}")
+    result = {
+        "bls": {name: bench_bls(name, sizes) for name in backends},
+        "worker_signatures": bench_worker_signatures(args.workers),
+        "sizes": list(sizes),
+        "jax_version": jax.__version__,
+        "device": device_description(),
+    }
+    _emit(result, args.json)
+    return 0
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, sort_keys=True))
@@ -96,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--rounds", type=_positive_int, default=20, help="rounds per timed loop")
     tp.add_argument("--repeats", type=_positive_int, default=5, help="timed loops (median)")
     tp.set_defaults(func=_cmd_bench_throughput)
+
+    cr = bench_sub.add_parser("crypto", help="BLS operations, QC verification, worker signatures")
+    cr.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    cr.add_argument("--sizes", default="4,16,64,256,1024", help="committee sizes for qc_verify_ms")
+    cr.add_argument("--backends", default="", help="comma-separated BLS backends (default: all)")
+    cr.add_argument("--workers", type=_positive_int, default=1000, help="workers per round")
+    cr.set_defaults(func=_cmd_bench_crypto)
     return parser
 
 

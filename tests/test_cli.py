@@ -25,7 +25,9 @@ def test_train_writes_config_metrics_and_summary(tmp_path, capsys):
     assert [x["round"] for x in lines] == [20, 40, 60]
     summary = json.loads((run / "summary.json").read_text())
     # Mean over honest workers is centralized SGD on the union batch.
-    assert summary["data_parallel_accuracy"] == pytest.approx(summary["centralized_accuracy"], abs=0.02)
+    assert summary["data_parallel_accuracy"] == pytest.approx(
+        summary["centralized_accuracy"], abs=0.02
+    )
     assert summary["centralized_accuracy"] > 0.3  # well above 1/10 chance on the teacher task
 
 
@@ -49,7 +51,10 @@ def test_same_seed_same_metrics(tmp_path):
         (["--learning-rate", "nan"], "learning_rate = nan"),
         (["--partition", "zipf"], "partition = 'zipf'"),
         (["--aggregation", "average"], "average"),
-        (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist does not exist"),
+        (
+            ["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"],
+            "/nonexistent/mnist does not exist",
+        ),
         (["--dataset", "mnist", "--data-dir", "/tmp"], "train-images"),
     ],
 )
@@ -86,3 +91,17 @@ def test_bench_throughput_prints_the_promised_fields(capsys):
     parts = {"gradients", "encoding", "commitment_hashing", "aggregation", "update"}
     assert parts <= set(result["breakdown_ms"])
     assert result["ratio"] > 0
+
+
+def test_bench_crypto_prints_backends_and_qc_sizes(capsys):
+    args = ["bench", "crypto", "--json", "--sizes", "4,7", "--backends", "arkworks"]
+    assert main([*args, "--workers", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    qc = result["bls"]["arkworks"]["qc_verify_ms"]
+    assert set(map(str, qc)) == {"4", "7"}
+    assert result["worker_signatures"]["n"] == 5
+
+
+def test_bench_crypto_rejects_unknown_backend(capsys):
+    assert main(["bench", "crypto", "--backends", "milagro", "--sizes", "4"]) == 2
+    assert "milagro" in capsys.readouterr().err
