@@ -5,6 +5,7 @@ Depends on nothing else inside pot_jax.
 
 from pot_jax.learning.aggregation import (
     RULE_NAMES,
+    AggregateFn,
     AggregationRule,
     aggregate_checked,
     centered_clipping,
@@ -12,6 +13,7 @@ from pot_jax.learning.aggregation import (
     coordinate_median,
     geometric_median,
     krum,
+    krum_scores,
     make_rule,
     mean,
     multi_krum,
@@ -73,7 +75,9 @@ __all__ = [
     "Learner",
     "Model",
     "TreeSpec",
+    "AggregateFn",
     "aggregate_checked",
+    "krum_scores",
     "cache_dir",
     "centered_clipping",
     "check_assumption",

@@ -190,10 +190,11 @@ def test_geometric_median_minimises_sum_of_distances():
 
 
 def test_large_worker_counts_use_layered_sort_and_matmul_sum():
-    """W above the unrolling thresholds (layered network, matrix-product sum) agrees too."""
+    """W above the unrolling thresholds (layered network over column blocks,
+    matrix-product sum) agrees too; P spans full blocks and a remainder."""
     rng = np.random.default_rng(4)
-    for num_workers in (40, 70):
-        grads = rng.standard_normal((num_workers, 6)).astype(np.float32)
+    for num_workers, num_params in ((40, 2 * 3200 + 5), (70, 1792 + 8)):
+        grads = rng.standard_normal((num_workers, num_params)).astype(np.float32)
         mask = rng.random(num_workers) < 0.8
         grads[~mask] = np.nan
         x = grads[mask].astype(np.float64)
