@@ -32,7 +32,9 @@ def test_worker_rows_are_each_workers_own_gradient(model):
     learner, params, x, y = tiny(model)
 
     def loss(p, xb, yb):
-        return optax.softmax_cross_entropy_with_integer_labels(learner.model.apply(p, xb), yb).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(
+            learner.model.apply(p, xb), yb
+        ).mean()
 
     grads = np.asarray(learner.worker_gradients(params, x, y))
     assert grads.shape == (4, learner.num_params) and grads.dtype == np.float32
@@ -120,7 +122,9 @@ SHARDED = textwrap.dedent(
 
 
 def test_worker_axis_sharded_over_8_cpu_devices_matches_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
     out = subprocess.run(
         [sys.executable, "-c", SHARDED], env=env, check=True, capture_output=True, text=True
     )
