@@ -138,3 +138,103 @@ def config_from_args(cls, namespace: argparse.Namespace, **overrides):
     values = {k: v for k, v in vars(namespace).items() if k in names}
     values.update(overrides)
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """The full Proof-of-Training round on the embedded MNIST-1D default.
+
+    Workers compute gradients (a fraction of them Byzantine, running
+    ``attack``), validators cheap-check every gradient and spot-check a VRF
+    sample by bitwise recomputation, the aggregation server beside the PBFT
+    primary proposes the round record, the committee commits it with BLS
+    quorum certificates (one validator Byzantine: ``validator_strategy``), the
+    ledger pays and slashes, and the transcript records everything for
+    ``pot-jax audit``. Alongside, a centralized model trains on the union of
+    the workers' batches, so the summary compares the two (paper claim 1).
+
+    Command: ``pot-jax train`` (a few minutes on a 2-core CPU).
+    """
+
+    dataset: str = _help("dataset name: mnist1d, teacher, mnist, fashion_mnist, cifar10", "mnist1d")
+    data_dir: str | None = _help("directory holding the files of mnist/fashion_mnist/cifar10", None)
+    num_samples: int = _help("MNIST-1D examples to generate (train + test, 80/20 split)", 5000)
+    model: str = _help("model name: mlp or cnn", "mlp")
+    hidden: tuple[int, ...] = _help("MLP hidden widths, comma separated", (256, 256))
+    channels: tuple[int, ...] = _help("CNN channels per conv block, comma separated", (16, 32))
+    workers: int = _help("number of training nodes (workers) W", 16)
+    batch_size: int = _help("examples per worker per round B", 8)
+    rounds: int = _help("training rounds, one committed record each", 1500)
+    optimizer: str = _help("optax optimizer: sgd (the paper's rule), momentum or adam", "sgd")
+    learning_rate: float = _help("optimizer learning rate", 0.2)
+    aggregation: str = _help(
+        "aggregation rule for robust_only (spot_check and full_recompute use the mean)", "mean"
+    )
+    partition: str = _help("how examples are split across workers: iid or dirichlet", "iid")
+    dirichlet_alpha: float = _help("Dirichlet concentration for partition=dirichlet", 0.5)
+    validators: int = _help("consensus validators n (f = (n-1)//3 tolerated)", 4)
+    byzantine_validators: str = _help(
+        "comma-separated indices of Byzantine validators (index 0 is the first primary)", "0"
+    )
+    validator_strategy: str = _help(
+        "what Byzantine validators do (pot_jax.network.byzantine.STRATEGIES, '+' combines)",
+        "silent",
+    )
+    pattern: str = _help("PBFT message pattern: linear (collector QCs) or all_to_all", "linear")
+    byzantine_fraction: float = _help("fraction of workers that are Byzantine", 0.25)
+    attack: str = _help("what Byzantine workers do (pot_jax.attacks.ATTACK_NAMES)", "alie")
+    verification: str = _help("spot_check, full_recompute or robust_only", "spot_check")
+    budget: float = _help("spot_check: fraction of gradients recomputed, all validators", 0.1)
+    checkpoint_every: int = _help("rounds between model checkpoints in the transcript", 100)
+    eval_every: int = _help("rounds between test-accuracy evaluations", 250)
+    seed: int = _help("run seed: init, shards, batches, Byzantine choice, attack noise", 0)
+    chain_id: str = _help("the run's chain id (signed by workers and validators)", "pot-jax/run")
+    run_dir: str = _help("directory for the transcript, config, metrics and summary", "runs/pot")
+    progress: bool = _help("show a progress bar", True)
+
+    def __post_init__(self):
+        positive = ("num_samples", "workers", "batch_size", "rounds", "eval_every")
+        for name in (*positive, "validators", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} = {value!r}: expected a positive integer")
+        if self.validators < 4:
+            raise ConfigError(f"validators = {self.validators}: PBFT needs at least 4")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ConfigError(f"learning_rate = {self.learning_rate!r}: expected a positive number")
+        if not 0 <= self.byzantine_fraction < 1:
+            raise ConfigError(
+                f"byzantine_fraction = {self.byzantine_fraction!r}: expected a value in [0, 1)"
+            )
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"budget = {self.budget!r}: expected a value in (0, 1]")
+        if self.pattern not in ("linear", "all_to_all"):
+            raise ConfigError(f"pattern = {self.pattern!r}: expected 'linear' or 'all_to_all'")
+        if self.verification not in ("spot_check", "full_recompute", "robust_only"):
+            raise ConfigError(
+                f"verification = {self.verification!r}: expected spot_check, full_recompute "
+                "or robust_only"
+            )
+        if self.partition not in ("iid", "dirichlet"):
+            raise ConfigError(f"partition = {self.partition!r}: expected 'iid' or 'dirichlet'")
+        try:
+            ids = self.byzantine_validator_ids
+        except ValueError:
+            raise ConfigError(
+                f"byzantine_validators = {self.byzantine_validators!r}: expected "
+                "comma-separated integers"
+            ) from None
+        if any(not 0 <= i < self.validators for i in ids) or len(set(ids)) != len(ids):
+            raise ConfigError(
+                f"byzantine_validators = {self.byzantine_validators!r}: expected distinct "
+                f"indices in [0, {self.validators})"
+            )
+        if not self.chain_id or len(self.chain_id.encode()) > 64:
+            raise ConfigError(f"chain_id = {self.chain_id!r}: expected 1 to 64 bytes")
+
+    @property
+    def byzantine_validator_ids(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.byzantine_validators.split(",") if p.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
