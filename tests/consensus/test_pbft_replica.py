@@ -1,0 +1,407 @@
+"""Unit tests of the PBFT replica: normal case, quorum arithmetic, bad input, signing
+discipline, durable state, checkpoints and garbage collection, view change, evidence."""
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pot_jax.consensus.evidence import verify_evidence
+from pot_jax.consensus.keys import simulation_keys
+from pot_jax.consensus.messages import (
+    CHECKPOINT,
+    COMMIT,
+    PREPARE,
+    Cert,
+    Decided,
+    Fetch,
+    PrePrepare,
+    ViewChange,
+    Vote,
+    decode_message,
+    encode_message,
+    value_digest,
+)
+from pot_jax.consensus.pbft import (
+    ALL_TO_ALL,
+    LINEAR,
+    REQUEST_TIMER,
+    VIEW_CHANGE_TIMER,
+    Deliver,
+    Replica,
+    ReplicaConfig,
+    Submit,
+    TimerExpired,
+    durable_state,
+    initial_state,
+    recover,
+    step,
+)
+from pot_jax.crypto.quorum import QuorumCertificate, aggregate_votes, sign_vote, vote_message
+from pot_jax.network import byzantine
+from pot_jax.network.checker import SafetyChecker, undecided
+from pot_jax.network.cluster import ManualNetwork
+from pot_jax.network.scenario import make_cluster
+
+CHAIN = b"pot-jax/simulation"
+MEMO: dict = {}
+PATTERNS = [ALL_TO_ALL, LINEAR]
+
+
+def cluster(n, pattern=ALL_TO_ALL, **kw):
+    c = make_cluster(n, pattern, memo=MEMO, **kw)
+    return c, ManualNetwork(c)
+
+
+def run_values(n, pattern, values, **kw):
+    c, net = cluster(n, pattern, **kw)
+    for v in values:
+        c.submit(v)
+    net.run_fair(stop=lambda: not undecided(c))
+    return c, net
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("n", [4, 5, 6, 7])
+def test_normal_case_decides_every_value_in_order_on_every_replica(n, pattern):
+    values = [b"v%d" % k for k in range(3)]
+    c, _ = run_values(n, pattern, values)
+    for node in c.nodes:
+        assert [d.value for d in node.decisions] == values
+        assert [d.seq for d in node.decisions] == [1, 2, 3]
+    assert SafetyChecker(c, MEMO).violations() == []
+    assert c.stats.replica_dropped.get("internal-error", 0) == 0
+
+
+@pytest.mark.parametrize(("n", "q"), [(4, 3), (5, 4), (6, 4), (7, 5), (10, 7)])
+def test_replica_quorum_is_quorum_size_not_the_predecessors_two_thirds_floor(n, q):
+    _, validators = simulation_keys(n)
+    cfg = ReplicaConfig(chain_id=CHAIN, validators=validators)
+    assert cfg.quorum == q
+    if n == 10:
+        assert n // 3 * 2 == 6 != cfg.quorum  # the predecessor committed with 6 of 10
+
+
+def test_config_rejects_bad_parameters():
+    _, validators = simulation_keys(4)
+    with pytest.raises(ValueError, match="pattern"):
+        ReplicaConfig(chain_id=CHAIN, validators=validators, pattern="gossip")
+    with pytest.raises(ValueError, match="multiple"):
+        ReplicaConfig(chain_id=CHAIN, validators=validators, checkpoint_interval=3, window=4)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_linear_pattern_sends_at_most_5n_messages_per_decision(pattern):
+    n = 7
+    c, _ = run_values(n, pattern, [b"only"])
+    total = sum(c.stats.sent.values())
+    if pattern == LINEAR:
+        assert total == 5 * (n - 1)
+    else:
+        assert total == (n - 1) + 2 * n * (n - 1) - (n - 1)
+
+
+def test_application_hook_blocks_invalid_values():
+    c, _ = run_values(4, ALL_TO_ALL, [b"bad-1", b"good"], validate=lambda v: v.startswith(b"good"))
+    for node in c.nodes:
+        assert [d.value for d in node.decisions] == [b"good"]
+    assert c.stats.replica_dropped["app-rejected"] == 4
+
+
+def test_backups_refuse_to_prepare_a_value_the_application_rejects():
+    sks, validators = simulation_keys(4)
+    cfg = ReplicaConfig(chain_id=CHAIN, validators=validators, validate=lambda v: v != b"evil")
+    backup = Replica(cfg, 1, sks[1])
+    d = value_digest(b"evil")
+    sig = sign_vote(sks[0], vote_message(CHAIN, PREPARE, 0, 1, d))
+    data = encode_message(PrePrepare(0, 1, b"evil", sig))
+    state = initial_state(backup)
+    r = step(backup, state, Deliver(0, data))
+    assert r.state is state and r.sends == ()
+    assert r.drops[0].reason == "app-rejected"
+
+
+# ---------------------------------------------------------------------------
+# Bad input never changes state or raises
+
+
+def _backup_with_history():
+    """Replica 1 of 4 after deciding two values (so windows and views are non-trivial)."""
+    c, net = run_values(4, ALL_TO_ALL, [b"a", b"b"])
+    node = c.nodes[1]
+    return node.replica, node.state, c
+
+
+def _bad_inputs(replica, state):
+    sks, _ = simulation_keys(4)
+    d = value_digest(b"x")
+    good_sig = sign_vote(sks[0], vote_message(CHAIN, PREPARE, 0, 3, d))
+    wrong_sig = sign_vote(sks[2], vote_message(CHAIN, PREPARE, 0, 3, d))
+    qc = aggregate_votes(
+        replica.config.validators,
+        {i: sign_vote(sks[i], vote_message(CHAIN, COMMIT, 0, 3, d)) for i in range(2)},
+    )
+    forged_bitmap = QuorumCertificate(qc.signature, bytes([0b0111]))
+    return [
+        ("malformed", 0, b"\x09garbage"),
+        ("malformed", 0, b""),
+        ("malformed", 0, encode_message(PrePrepare(0, 3, b"x", good_sig))[:-1]),
+        ("oversized", 0, b"\x01" + b"\x00" * replica.config.max_message_bytes),
+        ("bad-signature", 0, encode_message(PrePrepare(0, 3, b"x", wrong_sig))),
+        ("not-primary", 2, encode_message(PrePrepare(0, 3, b"x", wrong_sig))),
+        ("out-of-window", 0, encode_message(PrePrepare(0, 10**6, b"x", good_sig))),
+        ("signer-mismatch", 2, encode_message(Vote(PREPARE, 0, 3, d, 3, good_sig))),
+        ("bad-qc", 0, encode_message(Decided(3, 0, b"x", qc))),
+        ("bad-qc", 0, encode_message(Decided(3, 0, b"x", forged_bitmap))),
+        ("late", 0, encode_message(Decided(1, 0, b"x", qc))),
+        ("bad-qc", 0, encode_message(Cert(CHECKPOINT, 0, 8, d, forged_bitmap))),
+        ("bad-view-change", 2, encode_message(ViewChange(1, None, (), 2, wrong_sig))),
+        ("malformed", 0, encode_message(Fetch(0))),
+    ]
+
+
+def test_each_kind_of_bad_input_is_dropped_with_its_reason_and_changes_nothing():
+    replica, state, _ = _backup_with_history()
+    for reason, src, data in _bad_inputs(replica, state):
+        r = step(replica, state, Deliver(src, data))
+        assert r.state is state, reason
+        assert r.sends == () and r.decisions == (), reason
+        assert [x.reason for x in r.drops] == [reason], (reason, r.drops)
+
+
+def test_messages_for_an_old_view_are_dropped_as_stale():
+    replica, state, _ = _backup_with_history()
+    state = dataclasses.replace(state, view=5)
+    sks, _ = simulation_keys(4)
+    d = value_digest(b"x")
+    data = encode_message(
+        Vote(PREPARE, 0, 3, d, 2, sign_vote(sks[2], vote_message(CHAIN, PREPARE, 0, 3, d)))
+    )
+    r = step(replica, state, Deliver(2, data))
+    assert r.state is state and r.drops[0].reason == "stale-view"
+
+
+@settings(max_examples=50)
+@given(st.binary(max_size=400), st.integers(-2, 6))
+def test_random_bytes_never_raise_or_change_state(data, src):
+    replica, state, _ = _backup_with_history()
+    r = step(replica, state, Deliver(src, data))
+    assert r.drops and r.drops[0].reason != "internal-error"
+    assert r.state is state
+
+
+# ---------------------------------------------------------------------------
+# Signing discipline and durable state
+
+
+def test_a_replica_never_signs_two_digests_for_one_slot():
+    sks, validators = simulation_keys(4)
+    cfg = ReplicaConfig(chain_id=CHAIN, validators=validators)
+    backup = Replica(cfg, 1, sks[1])
+    state = initial_state(backup)
+    pps = []
+    for value in (b"x", b"y"):
+        d = value_digest(value)
+        pps.append(
+            PrePrepare(0, 1, value, sign_vote(sks[0], vote_message(CHAIN, PREPARE, 0, 1, d)))
+        )
+    r1 = step(backup, state, Deliver(0, encode_message(pps[0])))
+    assert len(r1.sends) == 1
+    assert r1.state.signed[(PREPARE, 0, 1)] == pps[0].digest  # durable before sending
+    r2 = step(backup, r1.state, Deliver(0, encode_message(pps[1])))
+    assert r2.sends == ()
+    assert r2.drops[0].reason == "equivocation"
+    (ev,) = r2.evidence
+    assert ev.signer == 0 and verify_evidence(CHAIN, validators, ev)
+    # Even after losing volatile state, the durable log prevents the second vote.
+    restarted = recover(backup, durable_state(r1.state)).state
+    r3 = step(backup, restarted, Deliver(0, encode_message(pps[1])))
+    assert all(decode_message(s.data).digest != pps[1].digest for s in r3.sends)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_every_vote_sent_is_in_the_senders_durable_signed_log(pattern):
+    c, net = cluster(4, pattern)
+    c.submit(b"a")
+    c.submit(b"b")
+    while net.in_flight:
+        _, identity, _, data = net.in_flight[0]
+        m = decode_message(data)
+        if isinstance(m, Vote):
+            sender = c.nodes[identity].state
+            assert sender.signed[(m.kind, m.view, m.seq)] == m.digest
+        net.deliver(0)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_crash_and_restart_with_durable_state_keeps_safety_and_liveness(pattern):
+    c, net = cluster(4, pattern)
+    c.submit(b"a")
+    for _ in range(5):
+        net.deliver(0)
+    c.crash(2)
+    c.submit(b"b")
+    for _ in range(8):
+        if net.in_flight:
+            net.deliver(0)
+    c.restart(2)
+    for v in (b"a", b"b"):
+        c.submit(v)  # client retransmission
+    net.run_fair(stop=lambda: not undecided(c))
+    assert SafetyChecker(c, MEMO).violations() == []
+    assert undecided(c) == {}
+    assert not c.nodes[2].faulty
+
+
+def test_amnesia_restart_marks_the_node_faulty():
+    c, net = cluster(4)
+    c.submit(b"a")
+    net.run_fair(stop=lambda: not undecided(c))
+    c.crash(3)
+    c.restart(3, amnesia=True)
+    assert c.nodes[3].faulty and c.nodes[3].state.last_executed == 0
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints, watermarks, garbage collection
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_checkpoints_become_stable_and_garbage_collect_the_log(pattern):
+    c, net = run_values(
+        4, pattern, [b"v%d" % k for k in range(10)], checkpoint_interval=4, window=8
+    )
+    for node in c.nodes:
+        st_ = node.state
+        assert st_.stable.seq == 8 and st_.last_executed == 10
+        assert all(s > 8 for (_, s) in st_.preprepares)
+        assert all(k[2] > 8 for k in st_.votes)
+        assert all(s > 8 for s in st_.prepared)
+        assert all(k[2] > 8 for k in st_.signed if k[0] != "view-change")
+    # Below the low watermark, and beyond the high one, a message is out of the window.
+    node = c.nodes[1]
+    sks, _ = simulation_keys(4)
+    for seq in (8, 8 + 8 + 1):
+        d = value_digest(b"z")
+        sig = sign_vote(sks[0], vote_message(CHAIN, PREPARE, 0, seq, d))
+        r = step(
+            node.replica, node.state, Deliver(0, encode_message(PrePrepare(0, seq, b"z", sig)))
+        )
+        assert r.drops[0].reason == "out-of-window" and r.state is node.state
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_primary_stops_at_the_high_watermark_until_a_checkpoint_is_stable(pattern):
+    c, net = cluster(4, pattern, checkpoint_interval=2, window=4)
+    for k in range(7):
+        c.submit(b"v%d" % k)
+    proposed = [decode_message(d).seq for _, _, _, d in net.in_flight if d[:1] == b"\x01"]
+    assert max(proposed) == 4
+    net.run_fair(stop=lambda: not undecided(c))
+    assert undecided(c) == {}
+
+
+def test_a_replica_that_missed_decisions_catches_up_by_state_transfer():
+    c, net = cluster(4, ALL_TO_ALL, checkpoint_interval=2, window=4)
+    net.groups = [frozenset({0, 1, 2}), frozenset({3})]
+    for k in range(6):
+        c.submit(b"v%d" % k, nodes=[0, 1, 2])
+    while net.in_flight:
+        net.deliver(0)
+    assert c.nodes[3].state.last_executed == 0
+    net.groups = None
+    for k in range(6):
+        c.submit(b"v%d" % k)  # the client retransmits to everyone
+    net.run_fair(stop=lambda: not undecided(c))
+    assert len(c.nodes[3].decisions) == 6
+    assert SafetyChecker(c, MEMO).violations() == []
+
+
+# ---------------------------------------------------------------------------
+# View change
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_silent_primary_is_replaced_and_values_are_decided(pattern):
+    c, net = cluster(4, pattern, strategies={0: byzantine.silent()})
+    c.submit(b"a")
+    net.run_fair(stop=lambda: not undecided(c))
+    assert undecided(c) == {}
+    assert all(node.state.view == 1 for node in c.honest())
+    assert SafetyChecker(c, MEMO).violations() == []
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_value_prepared_by_a_quorum_survives_the_view_change(pattern):
+    """Commits are all lost in view 0; after the view change the prepared value is decided
+    at the same sequence number even though the new primary has another request first."""
+    c, net = cluster(4, pattern)
+    c.submit(b"first")
+    while net.in_flight:
+        _, _, _, data = net.in_flight[0]
+        m = decode_message(data)
+        if (isinstance(m, Vote) and m.kind == COMMIT) or (isinstance(m, Cert) and m.kind == COMMIT):
+            net.drop(0)
+        else:
+            net.deliver(0)
+    assert all(
+        node.state.prepared.get(1) is not None
+        for node in c.nodes
+        if node.id != 0 or pattern == ALL_TO_ALL
+    )
+    assert all(not node.decisions for node in c.nodes)
+    c.crash(0)
+    c.submit(b"second", nodes=[1, 2, 3])
+    net.run_fair(stop=lambda: not undecided(c))
+    for node in c.honest():
+        if node.up:
+            assert node.decisions[0].seq == 1 and node.decisions[0].value == b"first"
+            assert node.state.view >= 1
+    assert SafetyChecker(c, MEMO).violations() == []
+
+
+def test_request_timer_asks_peers_first_then_view_change_timers_back_off():
+    sks, validators = simulation_keys(4)
+    cfg = ReplicaConfig(chain_id=CHAIN, validators=validators, view_change_timeout=3.0)
+    r = Replica(cfg, 1, sks[1])
+    res = step(r, initial_state(r), Submit(b"a"))
+    (timer,) = res.timers
+    res = step(r, res.state, TimerExpired(timer.name, timer.token))
+    assert [decode_message(s.data) for s in res.sends] == [Fetch(1)]
+    (timer,) = res.timers
+    assert timer.name == REQUEST_TIMER
+    delays = []
+    for view in (1, 2, 3):
+        res = step(r, res.state, TimerExpired(timer.name, timer.token))
+        assert res.state.view == view and not res.state.active
+        assert any(isinstance(decode_message(x.data), ViewChange) for x in res.sends)
+        (timer,) = [t for t in res.timers if t.name == VIEW_CHANGE_TIMER]
+        delays.append(timer.delay)
+    assert delays == [3.0, 6.0, 12.0]
+    stale = step(r, res.state, TimerExpired(timer.name, timer.token - 1))
+    assert stale.state is res.state
+
+
+def test_f_plus_one_view_changes_make_a_replica_join():
+    c, net = cluster(4)
+    c.submit(b"a", nodes=[1, 2])
+    for node_id in (1, 2):  # only two replicas time out (fetch first, then view change)
+        for _ in range(2):
+            (t,) = [x for x in net.timers if x[0] == node_id]
+            net.fire(net.timers.index(t))
+    vcs = [i for i, x in enumerate(net.in_flight) if x[3][:1] == b"\x04" and x[2] == 3]
+    for _ in vcs:
+        i = next(i for i, x in enumerate(net.in_flight) if x[3][:1] == b"\x04" and x[2] == 3)
+        net.deliver(i)
+    assert c.nodes[3].state.view == 1
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_double_voting_yields_verifiable_equivocation_evidence(pattern):
+    c, net = run_values(4, pattern, [b"a"], strategies={1: byzantine.double_voting()})
+    assert c.stats.evidence
+    _, validators = simulation_keys(4)
+    assert all(verify_evidence(CHAIN, validators, ev) for ev in c.stats.evidence)
+    assert {ev.signer for ev in c.stats.evidence} == {1}
+    assert undecided(c) == {}
