@@ -6,10 +6,91 @@ import argparse
 import json
 import sys
 
-from pot_jax.config import ConfigError, TrainConfig, add_config_args, config_from_args
+from pot_jax.config import (
+    ConfigError,
+    ProtocolConfig,
+    TrainConfig,
+    add_config_args,
+    config_from_args,
+)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pot_jax.protocol.runner import run_protocol
+
+    config = config_from_args(ProtocolConfig, args)
+    s = run_protocol(config)
+    reasons = ", ".join(f"{k}: {v}" for k, v in s.rejections_by_reason.items()) or "none"
+    print(
+        "\n".join(
+            [
+                f"rounds committed            {s.rounds_committed} (max PBFT view {s.max_view})",
+                f"PoT test accuracy           {s.pot_accuracy:.4f}",
+                f"centralized test accuracy   {s.centralized_accuracy:.4f}",
+                f"accuracy ratio (PoT/central) {s.accuracy_ratio:.4f}",
+                f"Byzantine workers           {list(s.byzantine_workers)}",
+                f"cheaters caught             {list(s.cheaters_caught)}",
+                f"wrong gradients checked     {s.wrong_gradients_checked}, caught "
+                f"{s.wrong_gradients_caught}, accepted unchecked "
+                f"{s.wrong_gradients_accepted_unchecked}",
+                f"honest workers slashed      {s.honest_workers_slashed}",
+                f"rejected gradients          {s.rejected_gradients} ({reasons})",
+                f"verification compute        {s.verification_compute_ratio:.4f} "
+                f"({s.recomputed_gradients} recomputed / {s.worker_gradients} computed)",
+                f"rewards (base units)        workers {s.worker_rewards}, validators "
+                f"{s.validator_rewards}, emitted {s.ledger_emitted}, burned {s.ledger_burned}",
+                f"consensus messages          {s.messages}, virtual time {s.virtual_time:.1f}",
+                f"wall time                   {s.wall_seconds:.1f} s",
+                f"run directory               {s.run_dir} (check: pot-jax audit {s.run_dir})",
+            ]
+        )
+    )
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from pot_jax.protocol.audit import audit
+
+    report = audit(args.run_dir, recompute=args.recompute, seed=args.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pot_jax.network.scenario import ScenarioConfig, run_scenario
+    from pot_jax.network.simulator import NetworkConfig
+
+    byzantine = tuple(
+        (int(node), name)
+        for node, _, name in (item.partition(":") for item in args.byzantine.split(",") if item)
+    )
+    config = ScenarioConfig(
+        n=args.n,
+        pattern=args.pattern,
+        values=args.values,
+        seed=args.seed,
+        network=NetworkConfig(drop_rate=args.drop, duplicate_rate=args.duplicate, gst=args.gst),
+        byzantine=byzantine,
+        twins=tuple(int(t) for t in args.twins.split(",") if t),
+    )
+    _emit(run_scenario(config), args.json)
+    return 0
+
+
+def _cmd_bench_consensus(args: argparse.Namespace) -> int:
+    import jax
+
+    from pot_jax.network.scenario import bench_consensus
+    from pot_jax.runinfo import device_description
+
+    ns = tuple(int(n) for n in args.ns.split(","))
+    result = bench_consensus(ns, all_to_all_max_n=args.all_to_all_max_n)
+    result = {"results": result, "jax_version": jax.__version__, "device": device_description()}
+    _emit(result, args.json)
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
     from pot_jax.learning.trainer import train
 
     config = config_from_args(TrainConfig, args)
@@ -100,12 +181,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="centralized vs. data-parallel training on the embedded MNIST-1D default",
+        help="the full Proof-of-Training protocol on the embedded MNIST-1D default",
+        description=ProtocolConfig.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(train, ProtocolConfig)
+    train.set_defaults(func=_cmd_train)
+
+    baseline = sub.add_parser(
+        "baseline",
+        help="centralized vs. plain data-parallel training (no verification, no consensus)",
         description=TrainConfig.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_args(train, TrainConfig)
-    train.set_defaults(func=_cmd_train)
+    add_config_args(baseline, TrainConfig)
+    baseline.set_defaults(func=_cmd_baseline)
+
+    au = sub.add_parser("audit", help="verify a run directory's transcript offline")
+    au.add_argument("run_dir")
+    au.add_argument(
+        "--recompute",
+        default="none",
+        help="re-execute rounds from checkpoints: none, all or sample:FRACTION",
+    )
+    au.add_argument("--seed", type=int, default=0, help="which intervals sample: draws")
+    au.set_defaults(func=_cmd_audit)
+
+    sim = sub.add_parser("simulate", help="run one consensus scenario in the simulator")
+    sim.add_argument("--n", type=_positive_int, default=4, help="validators")
+    sim.add_argument("--pattern", choices=("all_to_all", "linear"), default="linear")
+    sim.add_argument("--values", type=_positive_int, default=4, help="values to decide")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--drop", type=float, default=0.0, help="message drop rate before GST")
+    sim.add_argument("--duplicate", type=float, default=0.0, help="duplication rate")
+    sim.add_argument("--gst", type=float, default=0.0, help="global stabilisation time")
+    sim.add_argument(
+        "--byzantine", default="", help="NODE:STRATEGY,... (strategies combine with '+')"
+    )
+    sim.add_argument("--twins", default="", help="identities that get a twin node")
+    sim.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    sim.set_defaults(func=_cmd_simulate)
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -127,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--backends", default="", help="comma-separated BLS backends (default: all)")
     cr.add_argument("--workers", type=_positive_int, default=1000, help="workers per round")
     cr.set_defaults(func=_cmd_bench_crypto)
+
+    co = bench_sub.add_parser("consensus", help="messages and time per decision, both patterns")
+    co.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    co.add_argument("--ns", default="4,16,64,256,1024", help="committee sizes")
+    co.add_argument(
+        "--all-to-all-max-n",
+        type=_positive_int,
+        default=256,
+        help="larger all-to-all runs are reported as skipped (O(n^2) messages)",
+    )
+    co.set_defaults(func=_cmd_bench_consensus)
     return parser
 
 
@@ -135,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"pot-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
 

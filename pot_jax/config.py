@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+PARTITIONS = ("shared", "iid", "dirichlet")
+
+
 class ConfigError(ValueError):
     """A config field holds a value outside what it accepts."""
 
@@ -50,7 +53,11 @@ class TrainConfig:
     optimizer: str = _help("optax optimizer: sgd (the paper's rule), momentum or adam", "sgd")
     learning_rate: float = _help("optimizer learning rate", 0.2)
     aggregation: str = _help("aggregation rule over worker gradients (mean is the paper's)", "mean")
-    partition: str = _help("how examples are split across workers: iid or dirichlet", "iid")
+    partition: str = _help(
+        "which examples each worker draws from: shared (the whole training set), iid "
+        "(disjoint equal shards) or dirichlet (label-skewed shards)",
+        "shared",
+    )
     dirichlet_alpha: float = _help("Dirichlet concentration for partition=dirichlet", 0.5)
     eval_every: int = _help("rounds between test-accuracy evaluations", 500)
     seed: int = _help(
@@ -70,8 +77,8 @@ class TrainConfig:
             raise ConfigError(
                 f"learning_rate = {self.learning_rate!r}: expected a positive finite number"
             )
-        if self.partition not in ("iid", "dirichlet"):
-            raise ConfigError(f"partition = {self.partition!r}: expected 'iid' or 'dirichlet'")
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"partition = {self.partition!r}: expected one of {PARTITIONS}")
         if not self.dirichlet_alpha > 0:
             raise ConfigError(f"dirichlet_alpha = {self.dirichlet_alpha!r}: expected > 0")
         for name in ("hidden", "channels"):
@@ -170,7 +177,11 @@ class ProtocolConfig:
     aggregation: str = _help(
         "aggregation rule for robust_only (spot_check and full_recompute use the mean)", "mean"
     )
-    partition: str = _help("how examples are split across workers: iid or dirichlet", "iid")
+    partition: str = _help(
+        "which examples each worker draws from: shared (the whole training set), iid "
+        "(disjoint equal shards) or dirichlet (label-skewed shards)",
+        "shared",
+    )
     dirichlet_alpha: float = _help("Dirichlet concentration for partition=dirichlet", 0.5)
     validators: int = _help("consensus validators n (f = (n-1)//3 tolerated)", 4)
     byzantine_validators: str = _help(
@@ -215,8 +226,8 @@ class ProtocolConfig:
                 f"verification = {self.verification!r}: expected spot_check, full_recompute "
                 "or robust_only"
             )
-        if self.partition not in ("iid", "dirichlet"):
-            raise ConfigError(f"partition = {self.partition!r}: expected 'iid' or 'dirichlet'")
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"partition = {self.partition!r}: expected one of {PARTITIONS}")
         try:
             ids = self.byzantine_validator_ids
         except ValueError:

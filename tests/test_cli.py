@@ -15,7 +15,7 @@ TINY = [
 
 def test_train_writes_config_metrics_and_summary(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--run-dir", str(run)]) == 0
+    assert main(["baseline", *TINY, "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "centralized test accuracy" in out and "data-parallel test accuracy" in out
     config = json.loads((run / "config.json").read_text())
@@ -33,7 +33,7 @@ def test_train_writes_config_metrics_and_summary(tmp_path, capsys):
 
 def test_same_seed_same_metrics(tmp_path):
     for name in ("a", "b"):
-        assert main(["train", *TINY, "--run-dir", str(tmp_path / name)]) == 0
+        assert main(["baseline", *TINY, "--run-dir", str(tmp_path / name)]) == 0
     a = (tmp_path / "a" / "summary.json").read_text()
     b = (tmp_path / "b" / "summary.json").read_text()
     strip = ("seconds", "run_dir")
@@ -59,7 +59,7 @@ def test_same_seed_same_metrics(tmp_path):
     ],
 )
 def test_bad_config_is_rejected_with_field_and_value(tmp_path, capsys, flags, message):
-    code = main(["train", *TINY, *flags, "--run-dir", str(tmp_path / "r")])
+    code = main(["baseline", *TINY, *flags, "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
@@ -67,7 +67,7 @@ def test_bad_config_is_rejected_with_field_and_value(tmp_path, capsys, flags, me
 
 def test_unparseable_flag_exits_with_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--workers", "many"])
+        main(["baseline", "--workers", "many"])
     assert exc.value.code == 2
     assert "--workers" in capsys.readouterr().err
 
@@ -105,3 +105,48 @@ def test_bench_crypto_prints_backends_and_qc_sizes(capsys):
 def test_bench_crypto_rejects_unknown_backend(capsys):
     assert main(["bench", "crypto", "--backends", "milagro", "--sizes", "4"]) == 2
     assert "milagro" in capsys.readouterr().err
+
+
+PROTOCOL_TINY = [
+    "--dataset", "teacher", "--workers", "8", "--batch-size", "8", "--rounds", "6",
+    "--hidden", "16", "--learning-rate", "0.5", "--eval-every", "3",
+    "--checkpoint-every", "3", "--progress", "false",
+]  # fmt: skip
+
+
+def test_train_runs_the_protocol_and_audit_accepts_its_run_dir(tmp_path, capsys):
+    run = tmp_path / "pot"
+    assert main(["train", *PROTOCOL_TINY, "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    for line in ("rounds committed", "PoT test accuracy", "cheaters caught", "wall time"):
+        assert line in out
+    assert main(["audit", str(run)]) == 0
+    assert "audit passed" in capsys.readouterr().out
+
+
+def test_audit_of_a_missing_run_dir_fails_with_the_path(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "nothing")]) == 1
+    assert "does not exist" in capsys.readouterr().out
+    assert main(["audit", str(tmp_path), "--recompute", "some"]) == 2
+    assert "--recompute 'some'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--validators", "3"], "validators = 3"),
+        (["--byzantine-validators", "7"], "byzantine_validators = '7'"),
+        (["--budget", "0"], "budget = 0"),
+        (["--attack", "teleport"], "teleport"),
+        (["--pattern", "gossip"], "pattern = 'gossip'"),
+    ],
+)
+def test_bad_protocol_config_is_rejected_with_field_and_value(tmp_path, capsys, flags, message):
+    assert main(["train", *PROTOCOL_TINY, *flags, "--run-dir", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_simulate_prints_commits_and_no_safety_violation(capsys):
+    assert main(["simulate", "--n", "4", "--byzantine", "0:silent", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["all_decided"] and result["safety_violations"] == []

@@ -50,6 +50,9 @@ def load_for(config: TrainConfig) -> Dataset:
 
 
 def worker_shards(config: TrainConfig, data: Dataset) -> list[np.ndarray]:
+    """Which examples each worker draws from: all of them (``shared``), or a shard."""
+    if config.partition == "shared":
+        return [np.arange(data.n_train)] * config.workers
     if config.partition == "dirichlet":
         return dirichlet_partition(
             data.y_train, config.workers, config.dirichlet_alpha, config.seed

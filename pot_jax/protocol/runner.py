@@ -1,0 +1,600 @@
+"""The Proof-of-Training round end to end (DESIGN.md, "One round, end to end").
+
+Three roles, kept apart so experiments can count, fault and cost each:
+
+* **training nodes** (``TrainingNode``): compute ``worker_gradient`` on their
+  public batch (or, if Byzantine, whatever their attack sends), commit to it
+  and sign ``(chain id, round, worker, commitment)`` with Ed25519;
+* **validators** (``Validator``): cheap-check every submission, recompute a
+  VRF-chosen sample (the verification scheme), produce fraud proofs, and
+  vote in PBFT only for a record they re-derived themselves;
+* the **aggregation server** (``AggregationServer``), beside the primary:
+  folds the validators' verdicts, aggregates the accepted gradients, applies
+  the optax update and proposes the round record.
+
+The committee is a real PBFT cluster (``pot_jax.consensus``) driven by the
+deterministic simulator (``pot_jax.network``) with real BLS signatures; each
+round's record is one PBFT sequence number and its commit QC goes into the
+transcript with the record, the fraud proofs, the ledger entries and, every
+``checkpoint_every`` rounds, the model.
+
+Simulation shortcuts, all deterministic and documented: the application check
+(``ReplicaConfig.validate``) is one function shared by the replicas, and an
+honest validator's re-derivation of a record (aggregate, new model hash,
+ledger digest) is computed once per distinct record and reused by the other
+honest validators, who would compute the same bytes; Byzantine validators
+neither verify nor report (their consensus misbehaviour comes from
+``pot_jax.network.byzantine``).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import struct
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from pot_jax.attacks import AttackContext, choose_byzantine, commitment_of, make_attack
+from pot_jax.config import ProtocolConfig
+from pot_jax.consensus.keys import simulation_keys
+from pot_jax.consensus.messages import value_digest
+from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, aggregate_votes
+from pot_jax.crypto.worker_signatures import worker_message, worker_signature_scheme
+from pot_jax.learning.assignment import BatchAssigner
+from pot_jax.learning.encoding import encode_pytree, flat_digest, pytree_digest
+from pot_jax.learning.trainer import build_learner, load_for, worker_shards
+from pot_jax.network import byzantine
+from pot_jax.network.scenario import make_cluster
+from pot_jax.network.simulator import NetworkConfig, TimedNetwork
+from pot_jax.protocol.ledger import (
+    Contribution,
+    FraudProofRef,
+    Ledger,
+    LedgerConfig,
+    RoundRewards,
+    encode_entries,
+    entries_digest,
+)
+from pot_jax.protocol.records import Accepted, RecordError, Rejected, RoundRecord
+from pot_jax.protocol.transcript import RecordKind, TranscriptWriter
+from pot_jax.runinfo import JsonLines, run_metadata, write_json
+from pot_jax.verification import (
+    RoundContext,
+    Submission,
+    combine_verdicts,
+    make_scheme,
+    verify_fraud_proof,
+)
+
+TRANSCRIPT_NAME = "transcript.log"
+STALE_ROUNDS = 5  # how old the model a lazy worker trains on is
+MAX_ROUND_VIRTUAL_TIME = 10_000.0
+
+
+def encode_qc_record(view: int, seq: int, qc: QuorumCertificate) -> bytes:
+    """Transcript payload of a commit QC: view and sequence, then the QC's own encoding."""
+    return struct.pack(">QQ", view, seq) + qc.encode()
+
+
+def decode_qc_record(payload: bytes) -> tuple[int, int, QuorumCertificate]:
+    if len(payload) < 16:
+        raise ValueError(f"QC record is {len(payload)} bytes, needs at least 16")
+    view, seq = struct.unpack(">QQ", payload[:16])
+    return view, seq, QuorumCertificate.decode(payload[16:])
+
+
+def encode_fraud_record(prover: int, proof_bytes: bytes) -> bytes:
+    """Transcript payload of a fraud proof: the proving validator's index, then the proof."""
+    return struct.pack(">I", prover) + proof_bytes
+
+
+def decode_fraud_record(payload: bytes) -> tuple[int, bytes]:
+    if len(payload) < 4:
+        raise ValueError(f"fraud-proof record is {len(payload)} bytes, needs at least 4")
+    return struct.unpack(">I", payload[:4])[0], payload[4:]
+
+
+def make_verification(config: ProtocolConfig):
+    if config.verification == "spot_check":
+        return make_scheme("spot_check", budget=config.budget)
+    if config.verification == "full_recompute":
+        return make_scheme("full_recompute")
+    return make_scheme("robust_only", rule_name=config.aggregation)
+
+
+@dataclass(frozen=True)
+class ProtocolSummary:
+    rounds_committed: int
+    pot_accuracy: float
+    centralized_accuracy: float
+    accuracy_ratio: float
+    byzantine_workers: tuple[int, ...]
+    cheaters_caught: tuple[int, ...]
+    fraud_proofs: int
+    rejected_gradients: int
+    rejections_by_reason: dict
+    wrong_gradients_checked: int
+    wrong_gradients_caught: int
+    wrong_gradients_accepted_unchecked: int
+    honest_workers_slashed: int
+    recomputed_gradients: int
+    worker_gradients: int
+    verification_compute_ratio: float
+    max_view: int
+    messages: int
+    virtual_time: float
+    ledger_emitted: int
+    ledger_burned: int
+    worker_rewards: int
+    validator_rewards: int
+    wall_seconds: float
+    run_dir: str
+
+
+class TrainingNode:
+    """A worker: honest, or Byzantine with an attack."""
+
+    def __init__(self, index, sk, pk, scheme, attack=None):
+        self.index, self.sk, self.public_key = index, sk, pk
+        self.scheme, self.attack = scheme, attack
+
+    def submit(self, ctx: RoundContext, honest_P, attack_ctx, rng) -> tuple[Submission, bool]:
+        """The worker's signed submission, and whether its gradient is not the honest one."""
+        if self.attack is None:
+            sent, commitment = honest_P, flat_digest(ctx.learner.header, honest_P)
+        else:
+            sent = self.attack.apply(attack_ctx, self.index, rng)
+            commitment = commitment_of(sent, ctx.learner.header, rng)
+        message = worker_message(ctx.chain_id, ctx.round, self.index, commitment)
+        signature = self.scheme.sign(self.sk, message)
+        wrong = not (
+            isinstance(sent, np.ndarray)
+            and sent.dtype == honest_P.dtype
+            and sent.shape == honest_P.shape
+            and sent.tobytes() == honest_P.tobytes()
+        )
+        return Submission(self.index, sent, commitment, signature, self.public_key), wrong
+
+
+class Validator:
+    """A committee member's verification role (consensus runs in the PBFT replica)."""
+
+    def __init__(self, index: int, sk: int, pk: bytes, honest: bool):
+        self.index, self.sk, self.public_key, self.honest = index, sk, pk, honest
+
+    def verify(self, scheme, ctx, submissions, n_validators):
+        selection = scheme.select(ctx, self.index, n_validators, self.sk)
+        return selection, scheme.check(ctx, submissions, selection)
+
+
+class AggregationServer:
+    """Folds verdicts, aggregates, updates the model and writes the proposal."""
+
+    def __init__(self, learner, rule):
+        self.learner = learner
+        self.rule = rule
+        self._aggregate = jax.jit(rule.aggregate)
+
+    def new_model(self, params, opt_state, submissions, accepted, n_workers):
+        rows = np.zeros((n_workers, self.learner.num_params), np.float32)
+        for w in accepted:
+            rows[w] = submissions[w].gradient
+        mask = np.zeros((n_workers,), bool)
+        mask[list(accepted)] = True
+        if not accepted:
+            return params, opt_state  # nothing to aggregate: the model stays
+        agg = self._aggregate(jnp.asarray(rows), jnp.asarray(mask))
+        return self.learner.apply_update(params, opt_state, agg)
+
+
+class ProtocolRun:
+    """One run of the protocol; ``run()`` executes every round."""
+
+    def __init__(self, config: ProtocolConfig, *, on_commit=None):
+        self.config = config
+        self.on_commit = on_commit  # called with r once round r is durably in the transcript
+        self.chain_id = config.chain_id.encode()
+        self.run_dir = Path(config.run_dir)
+        self.data = load_for(config)
+        self.assigner = BatchAssigner(
+            config.seed, worker_shards(config, self.data), config.batch_size
+        )
+        self.learner, self.params = build_learner(config, self.data)
+        self.opt_state = self.learner.optimizer.init(self.params)
+        self.params_c, self.opt_state_c = self.params, self.learner.optimizer.init(self.params)
+        self.scheme = make_verification(config)
+        self.server = AggregationServer(self.learner, self.scheme.aggregation)
+
+        W, n = config.workers, config.validators
+        self.signature_scheme = worker_signature_scheme()
+        self.byzantine_workers = choose_byzantine(W, config.byzantine_fraction, config.seed)
+        attack = make_attack(config.attack) if self.byzantine_workers else None
+        self.workers = []
+        for i in range(W):
+            seed = hashlib.sha256(
+                b"pot-jax/worker-key" + self.chain_id + struct.pack("<qq", config.seed, i)
+            ).digest()
+            sk, pk = self.signature_scheme.keygen(seed)
+            node_attack = attack if i in self.byzantine_workers else None
+            self.workers.append(TrainingNode(i, sk, pk, self.signature_scheme, node_attack))
+        self.worker_keys = tuple(w.public_key for w in self.workers)
+
+        sks, self.validator_set = simulation_keys(n)
+        bad = set(config.byzantine_validator_ids)
+        self.validators = [
+            Validator(i, sks[i], self.validator_set.public_keys[i], i not in bad) for i in range(n)
+        ]
+        strategies = {
+            i: byzantine.compose(
+                *(byzantine.STRATEGIES[s]() for s in config.validator_strategy.split("+"))
+            )
+            for i in bad
+        }
+        self.cluster = make_cluster(
+            n,
+            config.pattern,
+            strategies=strategies,
+            seed=config.seed,
+            chain_id=self.chain_id,
+            validate=self._validate,
+            max_value_bytes=1 << 22,
+        )
+        self.net = TimedNetwork(self.cluster, NetworkConfig(), seed=config.seed)
+        self.ledger = Ledger.genesis(LedgerConfig(), n_workers=W, n_validators=n)
+        self.banned: dict[int, int] = {}  # worker -> round of its first fraud proof
+        self.previous_signers: tuple[int, ...] = ()
+        self._derived: dict[bytes, bool] = {}
+        self._round_state = None
+        self.stale = collections.deque(maxlen=STALE_ROUNDS)
+        self.counts = collections.Counter()
+        self.rejections = collections.Counter()
+        self.slashed_honest = 0
+
+    # -- the application check every honest replica runs before preparing --
+
+    def _validate(self, value: bytes) -> bool:
+        digest = hashlib.sha256(value).digest()
+        if digest not in self._derived:
+            self._derived[digest] = self._rederive(value)
+        return self._derived[digest]
+
+    def _rederive(self, value: bytes) -> bool:
+        state = self._round_state
+        if state is None:
+            return False
+        try:
+            record = RoundRecord.decode(value)
+        except RecordError:
+            return False
+        expected = state["record"]
+        if (record.chain_id, record.round, record.params_hash) != (
+            expected.chain_id,
+            expected.round,
+            expected.params_hash,
+        ):
+            return False
+        # Every worker with a known fraud proof must be excluded, with its proof.
+        rejected = {r.worker: r for r in record.rejected}
+        for worker, proof_digest in state["fraud"].items():
+            if worker not in rejected or rejected[worker].fraud_proof_digest != proof_digest:
+                return False
+        # Accepted workers must have passed the cheap checks, with the commitment received.
+        for a in record.accepted:
+            sub = state["submissions"].get(a.worker)
+            if a.worker not in state["passed"] or sub is None or sub.commitment != a.commitment:
+                return False
+        if record.aggregation != self.scheme.aggregation.label:
+            return False
+        if tuple(a.worker for a in record.accepted) == tuple(a.worker for a in expected.accepted):
+            # Same accepted set as the one this validator derived: same model and ledger.
+            return record.encode() == expected.encode()
+        return False
+
+    # -- one round --
+
+    def _batch_of(self, round_: int):
+        cache = {}
+
+        def batch_of(worker: int):
+            if worker not in cache:
+                idx = self.assigner.indices(round_, worker)
+                cache[worker] = (self.data.x_train[idx], self.data.y_train[idx])
+            return cache[worker]
+
+        return batch_of
+
+    def run_round(self, r: int, writer: TranscriptWriter) -> dict:
+        config, W, n = self.config, self.config.workers, self.config.validators
+        batch_of = self._batch_of(r)
+        ctx = RoundContext(
+            chain_id=self.chain_id,
+            round=r,
+            params=self.params,
+            learner=self.learner,
+            batch_of=batch_of,
+            n_workers=W,
+            signature_scheme=self.signature_scheme,
+            worker_public_keys=self.worker_keys,
+        )
+        params_hash = ctx.params_digest
+
+        # Work: every worker's canonical gradient (Byzantine ones need it for their attack).
+        active = [w for w in range(W) if w not in self.banned]
+        honest_WxP = np.zeros((W, self.learner.num_params), np.float32)
+        for w in active:
+            x_B, y_B = batch_of(w)
+            honest_WxP[w] = np.asarray(self.learner.worker_gradient(self.params, x_B, y_B))
+        attack_ctx = AttackContext(
+            learner=self.learner,
+            params=self.params,
+            batch_of=batch_of,
+            grads_WxP=honest_WxP,
+            round=r,
+            byzantine=self.byzantine_workers,
+            stale_params=self.stale[0] if len(self.stale) == STALE_ROUNDS else None,
+            num_classes=self.data.num_classes,
+        )
+        submissions, wrong = {}, set()
+        for w in active:
+            rng = np.random.default_rng([config.seed, r, w])
+            submissions[w], is_wrong = self.workers[w].submit(ctx, honest_WxP[w], attack_ctx, rng)
+            if is_wrong:
+                wrong.add(w)
+        self.counts["worker_gradients"] += len(active)
+
+        # Verification: each honest validator checks everything cheaply and its sample fully.
+        verdict_lists, recomputed = [], set()
+        for v in self.validators:
+            if not v.honest:
+                continue
+            selection, verdicts = v.verify(self.scheme, ctx, submissions, n)
+            verdict_lists.append(verdicts)
+            self.counts["recomputed"] += sum(1 for x in verdicts if x.recomputed)
+            recomputed.update(x.worker for x in verdicts if x.recomputed)
+
+        def check_proof(proof):
+            return verify_fraud_proof(
+                proof, ctx, mode=self.scheme.mode, threshold=self.scheme.threshold
+            )
+
+        combined = {x.worker: x for x in combine_verdicts(verdict_lists, verify_proof=check_proof)}
+
+        # Proposal (aggregation server beside the primary).
+        accepted, rejected, fraud, proofs = [], [], {}, []
+        for w in range(W):
+            if w in self.banned:
+                rejected.append(
+                    Rejected(w, f"worker {w}: slashed for fraud in round {self.banned[w]}")
+                )
+                continue
+            verdict = combined[w]
+            if verdict.accepted:
+                accepted.append(w)
+            elif verdict.fraud_proof is not None:
+                proof_bytes = verdict.fraud_proof.encode()
+                digest = hashlib.sha256(proof_bytes).digest()
+                fraud[w] = digest
+                proofs.append((w, verdict.validator, proof_bytes))
+                rejected.append(Rejected(w, verdict.reason, digest))
+            else:
+                rejected.append(Rejected(w, verdict.reason))
+        new_params, new_opt = self.server.new_model(
+            self.params, self.opt_state, submissions, accepted, W
+        )
+        new_hash = pytree_digest(new_params, self.learner.spec)
+        rewards = RoundRewards(
+            r,
+            tuple(Contribution(w, config.batch_size) for w in accepted),
+            self.previous_signers,
+            tuple(FraudProofRef(v, w) for w, v, _ in proofs),
+        )
+        next_ledger = self.ledger.apply_round(rewards)
+        round_entries = next_ledger.round_entries(r)
+        primary = next(x for x in self.cluster.nodes if not x.faulty).state.view % n
+        record = RoundRecord(
+            chain_id=self.chain_id,
+            round=r,
+            params_hash=params_hash,
+            accepted=tuple(
+                Accepted(w, submissions[w].commitment, config.batch_size) for w in accepted
+            ),
+            rejected=tuple(sorted(rejected, key=lambda x: x.worker)),
+            aggregation=self.scheme.aggregation.label,
+            new_params_hash=new_hash,
+            ledger_digest=entries_digest(round_entries),
+            proposer=primary,
+        )
+        passed = {w for w, x in combined.items() if x.accepted}
+        self._round_state = {
+            "record": record,
+            "fraud": fraud,
+            "submissions": submissions,
+            "passed": passed,
+        }
+
+        # Agreement: PBFT with BLS quorum certificates.
+        value = record.encode()
+        seq = r + 1
+        self.cluster.submit(value)
+        honest_nodes = [x for x in self.cluster.nodes if not x.faulty]
+
+        def decided() -> bool:
+            return all(any(d.seq == seq for d in x.decisions) for x in honest_nodes if x.up)
+
+        self.net.run(until=self.net.time + MAX_ROUND_VIRTUAL_TIME, stop=decided)
+        if not decided():
+            raise RuntimeError(
+                f"round {r}: the committee did not commit within {MAX_ROUND_VIRTUAL_TIME} "
+                "virtual time units (liveness failure: more than f faulty validators?)"
+            )
+        decision = next(d for d in honest_nodes[0].decisions if d.seq == seq)
+        if decision.digest != value_digest(value) or decision.value != value:
+            raise RuntimeError(f"round {r}: the committee committed another record than proposed")
+        view, qc = self._commit_qc(seq)
+
+        # Transcript: the record and its QC, fraud proofs, ledger entries, checkpoint.
+        writer.append(RecordKind.ROUND, value)
+        writer.append(RecordKind.QC, encode_qc_record(view, seq, qc))
+        for _, prover, proof_bytes in proofs:
+            writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proof_bytes))
+        writer.append(RecordKind.LEDGER, encode_entries(round_entries))
+        if self.on_commit is not None:
+            self.on_commit(r)
+
+        # Update.
+        self.stale.append(self.params)
+        self.params, self.opt_state = new_params, new_opt
+        self.ledger = next_ledger
+        self.previous_signers = qc.signer_indices()
+        for w in fraud:
+            self.banned[w] = r
+            if w not in self.byzantine_workers:
+                self.slashed_honest += 1
+        if (r + 1) % config.checkpoint_every == 0:
+            writer.append_checkpoint(self._checkpoint_bytes())
+
+        for x in rejected:
+            if x.worker not in self.banned or self.banned[x.worker] == r:
+                self.rejections[x.reason.split(": ", 1)[-1].split(" (")[0][:60]] += 1
+        self.counts["rejected"] += sum(1 for x in rejected if self.banned.get(x.worker, r) == r)
+        self.counts["wrong_checked"] += len(wrong & recomputed)
+        self.counts["wrong_caught"] += len(wrong & set(fraud))
+        self.counts["wrong_accepted"] += len(wrong & set(accepted))
+        self.counts["max_view"] = max(self.counts["max_view"], view)
+
+        # The centralized baseline on the union of the round's batches.
+        idx = self.assigner.round_indices(r)
+        x_all = self.data.x_train[idx].reshape((-1, *self.data.input_shape))
+        self.params_c, self.opt_state_c, _ = self.learner.centralized_step(
+            self.params_c, self.opt_state_c, x_all, self.data.y_train[idx].reshape(-1)
+        )
+        return {"accepted": len(accepted), "rejected": len(rejected), "view": view}
+
+    def _checkpoint_bytes(self) -> bytes:
+        return encode_pytree({"opt_state": self.opt_state, "params": self.params})
+
+    def _commit_qc(self, seq: int) -> tuple[int, QuorumCertificate]:
+        for node in self.cluster.nodes:
+            if node.faulty:
+                continue
+            cert = node.state.ledger.get(seq)
+            if cert is None:
+                continue
+            if cert.qc is not None:
+                return cert.view, cert.qc
+            return cert.view, aggregate_votes(self.validator_set, dict(cert.votes))
+        raise RuntimeError(f"sequence {seq}: no honest replica holds its commit certificate")
+
+    # -- the whole run --
+
+    def header(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "chain_id": self.chain_id.hex(),
+            "validators": [
+                [pk.hex(), pop.hex()]
+                for pk, pop in zip(
+                    self.validator_set.public_keys,
+                    self.validator_set.proofs_of_possession,
+                    strict=True,
+                )
+            ],
+            "worker_keys": [pk.hex() for pk in self.worker_keys],
+            "worker_signature_scheme": self.signature_scheme.name,
+            "genesis_params_hash": pytree_digest(self.params, self.learner.spec).hex(),
+            "ledger_config": asdict(self.ledger.config),
+            "verification": self.scheme.label,
+            "byzantine_workers": list(self.byzantine_workers),
+            **run_metadata(),
+        }
+
+    def run(self) -> ProtocolSummary:
+        start = time.perf_counter()
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        header = self.header()
+        write_json(self.run_dir / "config.json", header)
+        x_test, y_test = jnp.asarray(self.data.x_test), jnp.asarray(self.data.y_test)
+        metrics = JsonLines(self.run_dir / "metrics.jsonl")
+        acc, acc_c = 0.0, 0.0
+        with TranscriptWriter(self.run_dir / TRANSCRIPT_NAME) as writer:
+            writer.append(RecordKind.HEADER, json.dumps(header, sort_keys=True).encode())
+            writer.append_checkpoint(self._checkpoint_bytes())
+            bar = tqdm(range(config.rounds), disable=not config.progress, desc="pot", unit="round")
+            for r in bar:
+                info = self.run_round(r, writer)
+                if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+                    acc = self.learner.accuracy(self.params, x_test, y_test)
+                    acc_c = self.learner.accuracy(self.params_c, x_test, y_test)
+                    metrics.write(
+                        {
+                            "round": r + 1,
+                            "pot_test_accuracy": acc,
+                            "centralized_test_accuracy": acc_c,
+                            "cheaters_caught": len(self.banned),
+                            "view": info["view"],
+                            "virtual_time": self.net.time,
+                            "wall_seconds": time.perf_counter() - start,
+                        }
+                    )
+                    bar.set_postfix(pot=f"{acc:.3f}", central=f"{acc_c:.3f}")
+        metrics.close()
+        summary = self._summary(acc, acc_c, time.perf_counter() - start)
+        write_json(self.run_dir / "summary.json", {**asdict(summary), "seed": config.seed})
+        return summary
+
+    def _summary(self, acc: float, acc_c: float, wall: float) -> ProtocolSummary:
+        ledger = self.ledger
+        workers = sum(ledger.balance(f"worker:{i}") for i in range(self.config.workers))
+        validators = sum(ledger.balance(f"validator:{i}") for i in range(self.config.validators))
+        c = self.counts
+        return ProtocolSummary(
+            rounds_committed=self.config.rounds,
+            pot_accuracy=acc,
+            centralized_accuracy=acc_c,
+            accuracy_ratio=acc / acc_c if acc_c else float("nan"),
+            byzantine_workers=self.byzantine_workers,
+            cheaters_caught=tuple(sorted(self.banned)),
+            fraud_proofs=len(self.banned),
+            rejected_gradients=c["rejected"],
+            rejections_by_reason=dict(self.rejections.most_common()),
+            wrong_gradients_checked=c["wrong_checked"],
+            wrong_gradients_caught=c["wrong_caught"],
+            wrong_gradients_accepted_unchecked=c["wrong_accepted"],
+            honest_workers_slashed=self.slashed_honest,
+            recomputed_gradients=c["recomputed"],
+            worker_gradients=c["worker_gradients"],
+            verification_compute_ratio=c["recomputed"] / max(1, c["worker_gradients"]),
+            max_view=c["max_view"],
+            messages=int(sum(self.cluster.stats.sent.values())),
+            virtual_time=self.net.time,
+            ledger_emitted=ledger.total_emitted,
+            ledger_burned=ledger.total_burned,
+            worker_rewards=workers,
+            validator_rewards=validators,
+            wall_seconds=wall,
+            run_dir=str(self.run_dir),
+        )
+
+
+def run_protocol(config: ProtocolConfig, *, on_commit=None) -> ProtocolSummary:
+    """Run every round of ``config``; the run directory is what ``pot-jax audit`` reads.
+
+    ``on_commit(r)`` is called once round r's records are durably appended.
+    """
+    return ProtocolRun(config, on_commit=on_commit).run()
+
+
+def load_validator_set(header: dict) -> ValidatorSet:
+    """The genesis validator set a transcript header registers (PoPs checked)."""
+    return ValidatorSet.from_registrations(
+        [(bytes.fromhex(pk), bytes.fromhex(pop)) for pk, pop in header["validators"]]
+    )
