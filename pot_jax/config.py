@@ -16,7 +16,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-
 PARTITIONS = ("shared", "iid", "dirichlet")
 
 
