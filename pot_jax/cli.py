@@ -90,6 +90,22 @@ def _cmd_bench_consensus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_detection(args: argparse.Namespace) -> int:
+    from pot_jax.bench.detection import measure_detection
+
+    result = measure_detection(
+        budget=args.budget,
+        n_validators=args.validators,
+        byzantine_validators=args.byzantine_validators,
+        n_workers=args.workers,
+        cheat_rate=args.cheat_rate,
+        rounds=args.rounds,
+        seeds=args.seeds,
+    )
+    _emit(result, args.json)
+    return 0
+
+
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from pot_jax.learning.trainer import train
 
@@ -253,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="larger all-to-all runs are reported as skipped (O(n^2) messages)",
     )
     co.set_defaults(func=_cmd_bench_consensus)
+
+    de = bench_sub.add_parser("detection", help="spot-check detection vs. the closed form")
+    de.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    de.add_argument("--budget", type=float, default=0.1)
+    de.add_argument("--validators", type=_positive_int, default=4)
+    de.add_argument("--byzantine-validators", type=int, default=1)
+    de.add_argument("--workers", type=_positive_int, default=16)
+    de.add_argument("--cheat-rate", type=float, default=0.1)
+    de.add_argument("--rounds", type=_positive_int, default=1000)
+    de.add_argument("--seeds", type=_positive_int, default=100)
+    de.set_defaults(func=_cmd_bench_detection)
     return parser
 
 

@@ -463,7 +463,7 @@ class ProtocolRun:
 
         for x in rejected:
             if x.worker not in self.banned or self.banned[x.worker] == r:
-                self.rejections[x.reason.split(": ", 1)[-1].split(" (")[0][:60]] += 1
+                self.rejections[x.reason.split(": ", 1)[-1].split(":")[0].split(" (")[0]] += 1
         self.counts["rejected"] += sum(1 for x in rejected if self.banned.get(x.worker, r) == r)
         self.counts["wrong_checked"] += len(wrong & recomputed)
         self.counts["wrong_caught"] += len(wrong & set(fraud))
