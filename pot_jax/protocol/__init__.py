@@ -3,6 +3,7 @@
 Depends on learning, crypto, consensus, network and verification.
 """
 
+from pot_jax.protocol.audit import AuditReport, audit
 from pot_jax.protocol.ledger import (
     BPS,
     BURN,
@@ -25,6 +26,7 @@ from pot_jax.protocol.ledger import (
     worker_account,
 )
 from pot_jax.protocol.records import Accepted, RecordError, Rejected, RoundRecord
+from pot_jax.protocol.runner import ProtocolRun, ProtocolSummary, run_protocol
 from pot_jax.protocol.transcript import (
     CheckpointStore,
     Record,
@@ -43,6 +45,11 @@ __all__ = [
     "REWARD_RULES",
     "TOKEN",
     "Accepted",
+    "AuditReport",
+    "ProtocolRun",
+    "ProtocolSummary",
+    "audit",
+    "run_protocol",
     "CheckpointStore",
     "Contribution",
     "FraudProofRef",

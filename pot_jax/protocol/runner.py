@@ -198,7 +198,7 @@ class AggregationServer:
 class ProtocolRun:
     """One run of the protocol; ``run()`` executes every round."""
 
-    def __init__(self, config: ProtocolConfig, *, on_commit=None):
+    def __init__(self, config: ProtocolConfig, *, on_commit=None, scheme=None):
         self.config = config
         self.on_commit = on_commit  # called with r once round r is durably in the transcript
         self.chain_id = config.chain_id.encode()
@@ -210,7 +210,7 @@ class ProtocolRun:
         self.learner, self.params = build_learner(config, self.data)
         self.opt_state = self.learner.optimizer.init(self.params)
         self.params_c, self.opt_state_c = self.params, self.learner.optimizer.init(self.params)
-        self.scheme = make_verification(config)
+        self.scheme = make_verification(config) if scheme is None else scheme
         self.server = AggregationServer(self.learner, self.scheme.aggregation)
 
         W, n = config.workers, config.validators
@@ -585,12 +585,14 @@ class ProtocolRun:
         )
 
 
-def run_protocol(config: ProtocolConfig, *, on_commit=None) -> ProtocolSummary:
+def run_protocol(config: ProtocolConfig, *, on_commit=None, scheme=None) -> ProtocolSummary:
     """Run every round of ``config``; the run directory is what ``pot-jax audit`` reads.
 
     ``on_commit(r)`` is called once round r's records are durably appended.
+    ``scheme`` replaces the configured verification scheme with your own
+    ``VerificationScheme`` (see ``pot_jax.verification.scheme``).
     """
-    return ProtocolRun(config, on_commit=on_commit).run()
+    return ProtocolRun(config, on_commit=on_commit, scheme=scheme).run()
 
 
 def load_validator_set(header: dict) -> ValidatorSet:

@@ -17,6 +17,8 @@ schedules; takes hours on 2 cores)::
 
     HYPOTHESIS_PROFILE=dev POT_JAX_LONG_RUN_EXAMPLES=10000 \\
         pytest -m slow tests/consensus/test_pbft_properties.py
+
+The written argument this checks: proofs/pbft-safety.md and proofs/liveness.md.
 """
 
 import itertools

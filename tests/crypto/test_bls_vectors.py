@@ -3,6 +3,8 @@
 Vectors are read from ``../shared/test-vectors`` next to the repository (or
 $POT_JAX_TEST_VECTORS). A missing directory is a collection error, never a
 skip. Each (vector, backend) pair is its own test id.
+
+The written argument this checks: proofs/qc-unforgeability.md.
 """
 
 import hashlib

@@ -1,4 +1,7 @@
-"""Tests for pot_jax.protocol.ledger: exact payouts, slashing rules, conservation."""
+"""Tests for pot_jax.protocol.ledger: exact payouts, slashing rules, conservation.
+
+The written argument this checks: proofs/ledger.md.
+"""
 
 import dataclasses
 

@@ -1,4 +1,7 @@
-"""VRF sampling: selections are verifiable, forgeries fail, detection matches the formula."""
+"""VRF sampling: selections are verifiable, forgeries fail, detection matches the formula.
+
+The written argument this checks: proofs/detection.md.
+"""
 
 import math
 
