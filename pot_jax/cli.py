@@ -106,6 +106,23 @@ def _cmd_bench_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from experiments import run_figures
+    except ImportError as err:
+        raise ValueError(
+            "the experiments package is not importable; run from a clone installed with "
+            f"pip install -e . ({err})"
+        ) from err
+
+    names = args.only.split(",") if args.only else None
+    result = run_figures(names, args.scale, Path(args.out))
+    _emit(result, True)
+    return 0
+
+
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from pot_jax.learning.trainer import train
 
@@ -171,11 +188,17 @@ def _cmd_bench_crypto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_default(value):
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
 def _emit(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        print(json.dumps(result, indent=2, sort_keys=True))
+    indent = None if as_json else 2
+    print(json.dumps(result, indent=indent, sort_keys=True, default=_json_default))
 
 
 def _positive_int(text: str) -> int:
@@ -237,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--twins", default="", help="identities that get a twin node")
     sim.add_argument("--json", action="store_true", help="print one JSON object on one line")
     sim.set_defaults(func=_cmd_simulate)
+
+    fig = sub.add_parser("figures", help="regenerate the paper figures from their experiments")
+    fig.add_argument("--only", default="", help="comma-separated figure names (default: all)")
+    fig.add_argument("--scale", choices=("smoke", "paper"), default="smoke")
+    fig.add_argument("--out", default="paper_figures", help="output root (default: paper_figures)")
+    fig.set_defaults(func=_cmd_figures)
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
