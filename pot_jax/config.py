@@ -28,17 +28,8 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Centralized vs. data-parallel training on the embedded MNIST-1D default.
-
-    Reproduces the learning half of the paper's claim 1 ("85% of the
-    performance of centralized alternatives"): with every worker honest and the
-    paper's mean rule, data-parallel SGD over W workers with per-worker batch
-    B takes the same steps as centralized SGD on the union batch of W*B, so
-    the two accuracies should agree to within float noise.
-
-    Command: ``pot-jax train`` (about 1 minute on a 2-core CPU).
-    """
+class _LearningConfig:
+    """The learning fields every run shares (not used on its own)."""
 
     dataset: str = _help("dataset name: mnist1d, teacher, mnist, fashion_mnist, cifar10", "mnist1d")
     data_dir: str | None = _help("directory holding the files of mnist/fashion_mnist/cifar10", None)
@@ -60,13 +51,16 @@ class TrainConfig:
     dirichlet_alpha: float = _help("Dirichlet concentration for partition=dirichlet", 0.5)
     eval_every: int = _help("rounds between test-accuracy evaluations", 500)
     seed: int = _help(
-        "run seed: init, worker shards, batch assignment (MNIST-1D keeps its published data seed 42)",
+        "run seed: init, shards, batches, Byzantine choices, attack noise (MNIST-1D keeps "
+        "its published data seed 42)",
         0,
     )
-    run_dir: str = _help("directory for config.json, metrics.jsonl and summary.json", "runs/train")
+    run_dir: str = _help(
+        "directory for config.json, metrics.jsonl and summary.json", "runs/baseline"
+    )
     progress: bool = _help("show a progress bar", True)
 
-    def __post_init__(self):
+    def _check_learning(self) -> None:
         positive = ("num_samples", "workers", "batch_size", "rounds", "eval_every")
         for name in positive:
             value = getattr(self, name)
@@ -87,6 +81,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_LearningConfig):
+    """Centralized vs. data-parallel training on the embedded MNIST-1D default.
+
+    Reproduces the learning half of the paper's claim 1 ("85% of the
+    performance of centralized alternatives"): with every worker honest and the
+    paper's mean rule, data-parallel SGD over W workers with per-worker batch
+    B takes the same steps as centralized SGD on the union batch of W*B, so
+    the two accuracies should agree to within float noise.
+
+    Command: ``pot-jax baseline`` (about 1 minute on a 2-core CPU).
+    """
+
+    def __post_init__(self):
+        self._check_learning()
 
 
 def _parse_bool(text: str) -> bool:
@@ -147,7 +158,7 @@ def config_from_args(cls, namespace: argparse.Namespace, **overrides):
 
 
 @dataclass(frozen=True)
-class ProtocolConfig:
+class ProtocolConfig(_LearningConfig):
     """The full Proof-of-Training round on the embedded MNIST-1D default.
 
     Workers compute gradients (a fraction of them Byzantine, running
@@ -162,26 +173,12 @@ class ProtocolConfig:
     Command: ``pot-jax train`` (a few minutes on a 2-core CPU).
     """
 
-    dataset: str = _help("dataset name: mnist1d, teacher, mnist, fashion_mnist, cifar10", "mnist1d")
-    data_dir: str | None = _help("directory holding the files of mnist/fashion_mnist/cifar10", None)
-    num_samples: int = _help("MNIST-1D examples to generate (train + test, 80/20 split)", 5000)
-    model: str = _help("model name: mlp or cnn", "mlp")
-    hidden: tuple[int, ...] = _help("MLP hidden widths, comma separated", (256, 256))
-    channels: tuple[int, ...] = _help("CNN channels per conv block, comma separated", (16, 32))
-    workers: int = _help("number of training nodes (workers) W", 16)
-    batch_size: int = _help("examples per worker per round B", 8)
     rounds: int = _help("training rounds, one committed record each", 1500)
-    optimizer: str = _help("optax optimizer: sgd (the paper's rule), momentum or adam", "sgd")
-    learning_rate: float = _help("optimizer learning rate", 0.2)
     aggregation: str = _help(
         "aggregation rule for robust_only (spot_check and full_recompute use the mean)", "mean"
     )
-    partition: str = _help(
-        "which examples each worker draws from: shared (the whole training set), iid "
-        "(disjoint equal shards) or dirichlet (label-skewed shards)",
-        "shared",
-    )
-    dirichlet_alpha: float = _help("Dirichlet concentration for partition=dirichlet", 0.5)
+    eval_every: int = _help("rounds between test-accuracy evaluations", 250)
+    run_dir: str = _help("directory for the transcript, config, metrics and summary", "runs/pot")
     validators: int = _help("consensus validators n (f = (n-1)//3 tolerated)", 4)
     byzantine_validators: str = _help(
         "comma-separated indices of Byzantine validators (index 0 is the first primary)", "0"
@@ -196,22 +193,16 @@ class ProtocolConfig:
     verification: str = _help("spot_check, full_recompute or robust_only", "spot_check")
     budget: float = _help("spot_check: fraction of gradients recomputed, all validators", 0.1)
     checkpoint_every: int = _help("rounds between model checkpoints in the transcript", 100)
-    eval_every: int = _help("rounds between test-accuracy evaluations", 250)
-    seed: int = _help("run seed: init, shards, batches, Byzantine choice, attack noise", 0)
     chain_id: str = _help("the run's chain id (signed by workers and validators)", "pot-jax/run")
-    run_dir: str = _help("directory for the transcript, config, metrics and summary", "runs/pot")
-    progress: bool = _help("show a progress bar", True)
 
     def __post_init__(self):
-        positive = ("num_samples", "workers", "batch_size", "rounds", "eval_every")
-        for name in (*positive, "validators", "checkpoint_every"):
+        self._check_learning()
+        for name in ("validators", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} = {value!r}: expected a positive integer")
         if self.validators < 4:
             raise ConfigError(f"validators = {self.validators}: PBFT needs at least 4")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ConfigError(f"learning_rate = {self.learning_rate!r}: expected a positive number")
         if not 0 <= self.byzantine_fraction < 1:
             raise ConfigError(
                 f"byzantine_fraction = {self.byzantine_fraction!r}: expected a value in [0, 1)"
@@ -225,8 +216,6 @@ class ProtocolConfig:
                 f"verification = {self.verification!r}: expected spot_check, full_recompute "
                 "or robust_only"
             )
-        if self.partition not in PARTITIONS:
-            raise ConfigError(f"partition = {self.partition!r}: expected one of {PARTITIONS}")
         try:
             ids = self.byzantine_validator_ids
         except ValueError:
@@ -245,6 +234,3 @@ class ProtocolConfig:
     @property
     def byzantine_validator_ids(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.byzantine_validators.split(",") if p.strip())
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
