@@ -192,6 +192,15 @@ class ProtocolConfig(_LearningConfig):
     attack: str = _help("what Byzantine workers do (pot_jax.attacks.ATTACK_NAMES)", "alie")
     verification: str = _help("spot_check, full_recompute or robust_only", "spot_check")
     budget: float = _help("spot_check: fraction of gradients recomputed, all validators", 0.1)
+    mode: str = _help(
+        "recomputation check: bitwise (workers and validators on one platform) or tolerance "
+        "(honest workers run a differently compiled program, as on other hardware)",
+        "bitwise",
+    )
+    tolerance_threshold: float = _help(
+        "tolerance mode's normalised-distance threshold; 0 calibrates it from honest gradients",
+        0.0,
+    )
     checkpoint_every: int = _help("rounds between model checkpoints in the transcript", 100)
     chain_id: str = _help("the run's chain id (signed by workers and validators)", "pot-jax/run")
 
@@ -206,6 +215,12 @@ class ProtocolConfig(_LearningConfig):
         if not 0 <= self.byzantine_fraction < 1:
             raise ConfigError(
                 f"byzantine_fraction = {self.byzantine_fraction!r}: expected a value in [0, 1)"
+            )
+        if self.mode not in ("bitwise", "tolerance"):
+            raise ConfigError(f"mode = {self.mode!r}: expected 'bitwise' or 'tolerance'")
+        if not (self.tolerance_threshold >= 0 and math.isfinite(self.tolerance_threshold)):
+            raise ConfigError(
+                f"tolerance_threshold = {self.tolerance_threshold!r}: expected a number >= 0"
             )
         if not 0 < self.budget <= 1:
             raise ConfigError(f"budget = {self.budget!r}: expected a value in (0, 1]")

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from pot_jax.config import ProtocolConfig
 from pot_jax.consensus.messages import value_digest
@@ -69,6 +68,7 @@ from pot_jax.protocol.runner import (
     AggregationServer,
     decode_fraud_record,
     decode_qc_record,
+    honest_gradients,
     load_validator_set,
     make_verification,
 )
@@ -228,7 +228,7 @@ class Auditor:
         data = load_for(config)
         assigner = BatchAssigner(config.seed, worker_shards(config, data), config.batch_size)
         learner, params0 = build_learner(config, data)
-        scheme = make_verification(config)
+        scheme = make_verification(config, header.get("tolerance_threshold") or None)
         server = AggregationServer(learner, scheme.aggregation)
         like = {"opt_state": learner.optimizer.init(params0), "params": params0}
         if genesis_ckpt is None:
@@ -375,9 +375,11 @@ class Auditor:
             return data.x_train[idx], data.y_train[idx]
 
         submissions = {}
+        accepted = [a.worker for a in record.accepted]
+        # Re-run the honest workers' own program (in tolerance mode, their "platform").
+        rows = honest_gradients(learner, params, batch_of, cfg.workers, accepted, cfg.mode)
         for a in record.accepted:
-            x_B, y_B = batch_of(a.worker)
-            g = np.asarray(learner.worker_gradient(params, x_B, y_B))
+            g = rows[a.worker]
             if flat_digest(learner.header, g) != a.commitment:
                 raise AuditFailure(
                     r,

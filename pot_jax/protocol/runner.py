@@ -69,6 +69,7 @@ from pot_jax.runinfo import JsonLines, run_metadata, write_json
 from pot_jax.verification import (
     RoundContext,
     Submission,
+    calibrate_threshold,
     combine_verdicts,
     make_scheme,
     verify_fraud_proof,
@@ -102,12 +103,44 @@ def decode_fraud_record(payload: bytes) -> tuple[int, bytes]:
     return struct.unpack(">I", payload[:4])[0], payload[4:]
 
 
-def make_verification(config: ProtocolConfig):
+CALIBRATION_ROUNDS = 4  # public batches of rounds 0-3 calibrate, rounds 4-7 measure
+
+
+def make_verification(config: ProtocolConfig, threshold: float | None = None):
+    """The configured scheme; ``threshold`` is tolerance mode's (calibrated) threshold."""
+    checks = {"mode": config.mode}
+    if config.mode == "tolerance":
+        checks["threshold"] = threshold
     if config.verification == "spot_check":
-        return make_scheme("spot_check", budget=config.budget)
+        return make_scheme("spot_check", budget=config.budget, **checks)
     if config.verification == "full_recompute":
-        return make_scheme("full_recompute")
+        return make_scheme("full_recompute", **checks)
     return make_scheme("robust_only", rule_name=config.aggregation)
+
+
+def calibrate(config: ProtocolConfig, learner, params, assigner, data) -> tuple[float, dict]:
+    """Tolerance mode's threshold from honest gradients at the genesis model.
+
+    Honest workers' rows come from ``learner.worker_gradients`` (one vmapped
+    program), validators recompute with ``learner.worker_gradient``: the two
+    compile differently and agree only to float tolerance, as two hardware
+    platforms would. Returns ``(threshold, stats)``; stats carry the measured
+    false-rejection rate on fresh honest rounds.
+    """
+    if config.tolerance_threshold > 0:
+        return config.tolerance_threshold, {"threshold": config.tolerance_threshold}
+
+    def rounds(first: int):
+        out = []
+        for r in range(first, first + CALIBRATION_ROUNDS):
+            idx = assigner.round_indices(r)
+            out.append((data.x_train[idx], data.y_train[idx]))
+        return out
+
+    threshold, stats = calibrate_threshold(
+        learner, params, rounds(0), fresh_batches=rounds(CALIBRATION_ROUNDS)
+    )
+    return threshold, {"threshold": threshold, **stats._asdict()}
 
 
 @dataclass(frozen=True)
@@ -137,6 +170,29 @@ class ProtocolSummary:
     validator_rewards: int
     wall_seconds: float
     run_dir: str
+
+
+def honest_gradients(learner, params, batch_of, n_workers, active, mode) -> np.ndarray:
+    """The honest workers' gradients, one row per worker (zero rows for inactive ones).
+
+    Bitwise mode: each worker runs the canonical single-worker program, as the
+    validators do. Tolerance mode: all workers' rows come from one vmapped
+    program (``worker_gradients``), which XLA compiles differently: it stands in
+    for workers on other hardware, whose results agree with the validators'
+    recomputation only to float tolerance.
+    """
+    rows = np.zeros((n_workers, learner.num_params), np.float32)
+    if mode == "tolerance":
+        batches = [batch_of(w) for w in range(n_workers)]
+        x = np.stack([b[0] for b in batches])
+        y = np.stack([b[1] for b in batches])
+        full = np.asarray(learner.worker_gradients(params, x, y))
+        rows[active] = full[active]
+        return rows
+    for w in active:
+        x_B, y_B = batch_of(w)
+        rows[w] = np.asarray(learner.worker_gradient(params, x_B, y_B))
+    return rows
 
 
 class TrainingNode:
@@ -210,7 +266,13 @@ class ProtocolRun:
         self.learner, self.params = build_learner(config, self.data)
         self.opt_state = self.learner.optimizer.init(self.params)
         self.params_c, self.opt_state_c = self.params, self.learner.optimizer.init(self.params)
-        self.scheme = make_verification(config) if scheme is None else scheme
+        self.calibration: dict = {}
+        threshold = None
+        if config.mode == "tolerance" and scheme is None:
+            threshold, self.calibration = calibrate(
+                config, self.learner, self.params, self.assigner, self.data
+            )
+        self.scheme = make_verification(config, threshold) if scheme is None else scheme
         self.server = AggregationServer(self.learner, self.scheme.aggregation)
 
         W, n = config.workers, config.validators
@@ -328,10 +390,7 @@ class ProtocolRun:
 
         # Work: every worker's canonical gradient (Byzantine ones need it for their attack).
         active = [w for w in range(W) if w not in self.banned]
-        honest_WxP = np.zeros((W, self.learner.num_params), np.float32)
-        for w in active:
-            x_B, y_B = batch_of(w)
-            honest_WxP[w] = np.asarray(self.learner.worker_gradient(self.params, x_B, y_B))
+        honest_WxP = honest_gradients(self.learner, self.params, batch_of, W, active, config.mode)
         attack_ctx = AttackContext(
             learner=self.learner,
             params=self.params,
@@ -512,6 +571,8 @@ class ProtocolRun:
             "genesis_params_hash": pytree_digest(self.params, self.learner.spec).hex(),
             "ledger_config": asdict(self.ledger.config),
             "verification": self.scheme.label,
+            "tolerance_threshold": self.scheme.threshold,
+            "calibration": self.calibration,
             "byzantine_workers": list(self.byzantine_workers),
             **run_metadata(),
         }

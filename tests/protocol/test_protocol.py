@@ -269,3 +269,43 @@ def test_a_custom_scheme_from_the_readme_runs_in_the_protocol(tmp_path):
     summary = run_protocol(config, scheme=scheme)
     assert summary.cheaters_caught == summary.byzantine_workers  # scaled gradients stand out
     assert summary.honest_workers_slashed == 0
+
+
+def test_tolerance_mode_calibrates_rejects_no_honest_worker_and_catches_cheaters(tmp_path):
+    """Honest rows come from the vmapped program (another "platform"): bitwise would reject them."""
+    config = ProtocolConfig(
+        **{**TINY, "rounds": 6},
+        mode="tolerance",
+        attack="scaled",
+        verification="full_recompute",
+        run_dir=str(tmp_path),
+    )
+    summary = run_protocol(config)
+    header = json.loads((tmp_path / "config.json").read_text())
+    assert header["calibration"]["false_rejection_rate"] == 0.0
+    assert 0 < header["tolerance_threshold"] < 1e-3
+    assert summary.honest_workers_slashed == 0
+    assert summary.cheaters_caught == summary.byzantine_workers
+    assert audit(tmp_path, recompute="all").ok
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "sign_flip", "scaled", "gaussian", "alie", "ipm", "label_flip", "lazy",
+        "free_rider", "garbage", "nan_inf", "wrong_shape", "cheat_sometimes",
+    ],
+)  # fmt: skip
+def test_every_attack_is_rejected_or_neutralised_without_crashing_a_validator(tmp_path, attack):
+    config = ProtocolConfig(
+        **{**TINY, "rounds": 7},
+        attack=attack,
+        verification="full_recompute",
+        run_dir=str(tmp_path),
+    )
+    summary = run_protocol(config)
+    assert summary.rounds_committed == 7
+    assert summary.honest_workers_slashed == 0
+    assert summary.wrong_gradients_accepted_unchecked == 0  # everything is recomputed
+    report = audit(tmp_path, recompute="all")
+    assert report.ok, report.reason
