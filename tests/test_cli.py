@@ -139,6 +139,8 @@ def test_audit_of_a_missing_run_dir_fails_with_the_path(tmp_path, capsys):
         (["--budget", "0"], "budget = 0"),
         (["--attack", "teleport"], "teleport"),
         (["--pattern", "gossip"], "pattern = 'gossip'"),
+        (["--validator-strategy", "silent+lying"], "unknown ['lying']"),
+        (["--mode", "approximate"], "mode = 'approximate'"),
     ],
 )
 def test_bad_protocol_config_is_rejected_with_field_and_value(tmp_path, capsys, flags, message):

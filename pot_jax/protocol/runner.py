@@ -294,11 +294,15 @@ class ProtocolRun:
         self.validators = [
             Validator(i, sks[i], self.validator_set.public_keys[i], i not in bad) for i in range(n)
         ]
-        strategies = {
-            i: byzantine.compose(
-                *(byzantine.STRATEGIES[s]() for s in config.validator_strategy.split("+"))
+        names = config.validator_strategy.split("+")
+        unknown = [x for x in names if x not in byzantine.STRATEGIES]
+        if unknown:
+            raise ValueError(
+                f"validator_strategy = {config.validator_strategy!r}: unknown {unknown}; "
+                f"expected names from {sorted(byzantine.STRATEGIES)} joined by '+'"
             )
-            for i in bad
+        strategies = {
+            i: byzantine.compose(*(byzantine.STRATEGIES[x]() for x in names)) for i in bad
         }
         self.cluster = make_cluster(
             n,
