@@ -1,0 +1,115 @@
+"""F4: PBFT messages and latency per decision against the number of validators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from experiments.common import DATA_CSV, figure, read_csv, read_metadata, save_figure, write_csv
+
+NAME = "f4_consensus"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Figure f4_consensus: messages, simulator wall seconds and virtual latency per
+    decision against validators n, for all-to-all and linear (collector) PBFT; log-log
+    with least-squares slopes. Real BLS votes and QCs, deterministic simulated network.
+
+    Command: ``pot-jax figures --only f4_consensus --scale paper``.
+    Expected: message slope ~2 for all-to-all and ~1 for linear; virtual latency flat
+    in n (a constant number of network hops); all-to-all above ``all_to_all_max_n``
+    is recorded as skipped, not run.
+    Runtime: smoke ~2 s (n = 4..16); paper ~1 min (n = 4..1024; measured 22-59 s).
+    """
+
+    ns: tuple[int, ...]
+    patterns: tuple[str, ...] = ("all_to_all", "linear")
+    all_to_all_max_n: int = 256
+    seed: int = 0
+
+
+CONFIGS = {
+    "smoke": Config(ns=(4, 8, 16)),
+    "paper": Config(ns=(4, 16, 64, 256, 1024)),
+}
+
+
+def run(config: Config, data_dir: Path) -> None:
+    from pot_jax.network.scenario import bench_consensus
+
+    r = bench_consensus(
+        config.ns, config.patterns, all_to_all_max_n=config.all_to_all_max_n, seed=config.seed
+    )
+    rows = []
+    for x in r["results"]:
+        rows.append(
+            {
+                "pattern": x["pattern"],
+                "n": x["n"],
+                "skipped": x.get("skipped", ""),
+                "decided": x.get("decided"),
+                "messages_per_decision": x.get("messages_per_decision"),
+                "wall_seconds_per_decision": x.get("wall_seconds_per_decision"),
+                "virtual_latency": x.get("virtual_latency"),
+                "safety_violations": len(x.get("safety_violations", ())),
+                "bls_backend": r["bls_backend"],
+            }
+        )
+    write_csv(Path(data_dir) / DATA_CSV, rows)
+
+
+def slope(xs, ys) -> float:
+    """Least-squares slope of log y against log x."""
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def fitted_slopes(rows: list[dict]) -> dict:
+    """{(pattern, quantity): slope} over the runs that were not skipped."""
+    out = {}
+    for pattern in sorted({r["pattern"] for r in rows}):
+        ok = sorted(
+            (r for r in rows if r["pattern"] == pattern and not r["skipped"]), key=lambda r: r["n"]
+        )
+        if len(ok) < 2:
+            continue
+        ns = [r["n"] for r in ok]
+        for q in ("messages_per_decision", "wall_seconds_per_decision", "virtual_latency"):
+            out[(pattern, q)] = slope(ns, [r[q] for r in ok])
+    return out
+
+
+def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
+    rows = read_csv(Path(data_dir) / DATA_CSV)
+    scale = read_metadata(data_dir)["scale"]
+    slopes = fitted_slopes(rows)
+    panels = (
+        ("messages_per_decision", "messages per decision"),
+        ("wall_seconds_per_decision", "simulator wall s per decision"),
+        ("virtual_latency", "virtual latency (network delays)"),
+    )
+    with figure(1, 3, figsize=(12, 3.6)) as (fig, axes):
+        for ax, (q, label) in zip(axes, panels, strict=True):
+            for pattern in sorted({r["pattern"] for r in rows}):
+                ok = sorted(
+                    (r for r in rows if r["pattern"] == pattern and not r["skipped"]),
+                    key=lambda r: r["n"],
+                )
+                s = slopes.get((pattern, q))
+                tag = f" (slope {s:.2f})" if s is not None else ""
+                ax.plot([r["n"] for r in ok], [r[q] for r in ok], "o-", label=pattern + tag)
+                skipped = [r["n"] for r in rows if r["pattern"] == pattern and r["skipped"]]
+                if skipped and q == "messages_per_decision":
+                    ax.plot(
+                        skipped,
+                        [2.0 * n * n for n in skipped],
+                        "x",
+                        color="0.5",
+                        label=f"{pattern} skipped (~2n^2 shown)",
+                    )
+            ax.set(xscale="log", yscale="log", xlabel="validators n", ylabel=label)
+            ax.legend()
+        fig.suptitle("PBFT per decision, real BLS votes, simulated network", fontsize=10)
+        return save_figure(fig, fig_dir, NAME, scale=scale)

@@ -1,0 +1,30 @@
+"""Running the full protocol for a figure and keeping only its metrics.
+
+The run directory (transcript, checkpoints) is a temporary directory: the
+figures need the metrics, not the transcripts, and a transcript can be
+regenerated from the config and seed recorded in the figure's data.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["run_and_collect"]
+
+
+def run_and_collect(config_kwargs: dict, *, scheme=None) -> tuple[list[dict], dict]:
+    """Run ``ProtocolConfig(**config_kwargs)``; its metrics.jsonl records and its summary."""
+    from pot_jax.config import ProtocolConfig
+    from pot_jax.protocol import run_protocol
+
+    with tempfile.TemporaryDirectory(prefix="pot-figure-") as tmp:
+        config = ProtocolConfig(**config_kwargs, run_dir=tmp, progress=False)
+        summary = run_protocol(config, scheme=scheme)
+        lines = (Path(tmp) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    metrics = [json.loads(line) for line in lines if line.strip()]
+    out = asdict(summary)
+    out.pop("run_dir", None)
+    return metrics, out

@@ -1,0 +1,82 @@
+"""Every entry of the FIGURES table runs end to end at smoke scale.
+
+A figure entry with a typo, a module that drifts from the shared shape, or a
+plot that reads anything but its data files fails here, not when the paper
+figures are regenerated.
+"""
+
+import dataclasses
+import importlib
+import shutil
+
+import pytest
+
+from experiments import FIGURES, SCALES, load, run_figures
+from experiments.common import DATA_CSV, DATA_JSONL, METADATA, read_metadata
+
+PLOT_INPUTS = (DATA_CSV, DATA_JSONL, METADATA, "throughput.csv")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("figures")
+    return root, run_figures(None, "smoke", root)
+
+
+def test_every_figure_entry_names_its_own_module():
+    for name, spec in FIGURES.items():
+        assert spec.name == name
+        assert importlib.import_module(spec.module).NAME == name
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_figure_module_has_the_shared_shape(name):
+    """Config docstring names the figure and command; one config per scale; run and plot."""
+    module = load(name)
+    assert set(module.CONFIGS) == set(SCALES)
+    doc = module.Config.__doc__
+    assert name in doc and f"pot-jax figures --only {name} --scale paper" in doc
+    assert "Runtime" in doc and "Expected" in doc
+    for config in module.CONFIGS.values():
+        assert isinstance(config, module.Config)
+        assert dataclasses.is_dataclass(config) and module.Config.__dataclass_params__.frozen
+    assert callable(module.run) and callable(module.plot)
+
+
+def test_smoke_run_writes_every_figure(smoke_run):
+    root, results = smoke_run
+    assert list(results) == list(FIGURES)
+    for name in FIGURES:
+        out = root / name
+        assert (out / f"{name}.png").stat().st_size > 0
+        assert (out / f"{name}.pdf").stat().st_size > 0
+        assert (out / DATA_CSV).exists() or (out / DATA_JSONL).exists()
+        meta = read_metadata(out)
+        assert meta["figure"] == name and meta["scale"] == "smoke"
+        for key in ("config", "seeds", "git_commit", "jax_version", "device", "wall_seconds"):
+            assert key in meta
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_plot_reads_only_the_data_files(smoke_run, tmp_path, name):
+    """Copy just the data files elsewhere; plot must rebuild both outputs from them."""
+    root, _ = smoke_run
+    data = tmp_path / "data" / name
+    data.mkdir(parents=True)
+    for file_name in PLOT_INPUTS:
+        if (root / name / file_name).exists():
+            shutil.copy(root / name / file_name, data / file_name)
+    paths = load(name).plot(data, tmp_path / "fig")
+    assert sorted(p.name for p in paths) == sorted([f"{name}.png", f"{name}.pdf"])
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_unknown_figure_name_raises_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="f9_nonexistent"):
+        run_figures(["f7_crypto", "f9_nonexistent"], "smoke", tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_unknown_scale_raises_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="'huge'"):
+        run_figures(None, "huge", tmp_path)
