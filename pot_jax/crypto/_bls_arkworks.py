@@ -27,26 +27,10 @@ class ArkworksBackend:
 
     # Encoding.
     def g1_decode(self, data: bytes) -> G1Point:
-        if check_g1_encoding(data):
-            return self._g1_identity
-        try:
-            point = G1Point.from_compressed_bytes_unchecked(bytes(data))
-        except ValueError as exc:
-            raise DecodeError(not_on_curve("G1")) from exc
-        if not point.is_in_subgroup():
-            raise DecodeError(not_in_subgroup("G1"))
-        return point
+        return _decode(data, check_g1_encoding, self._g1_identity, G1Point, "G1")
 
     def g2_decode(self, data: bytes) -> G2Point:
-        if check_g2_encoding(data):
-            return self._g2_identity
-        try:
-            point = G2Point.from_compressed_bytes_unchecked(bytes(data))
-        except ValueError as exc:
-            raise DecodeError(not_on_curve("G2")) from exc
-        if not point.is_in_subgroup():
-            raise DecodeError(not_in_subgroup("G2"))
-        return point
+        return _decode(data, check_g2_encoding, self._g2_identity, G2Point, "G2")
 
     def g1_encode(self, point: G1Point) -> bytes:
         return point.to_compressed_bytes()
@@ -90,3 +74,16 @@ class ArkworksBackend:
     def pairing_check(self, g1_points: Sequence[G1Point], g2_points: Sequence[G2Point]) -> bool:
         """True iff prod_i e(g1_i, g2_i) == 1 (one final exponentiation)."""
         return GT.pairing_check(list(g1_points), list(g2_points))
+
+
+def _decode(data: bytes, check_encoding, identity, point_type, group: str):
+    """Flag/length/x checks (shared with py_ecc), then decompress and subgroup-check."""
+    if check_encoding(data):
+        return identity
+    try:
+        point = point_type.from_compressed_bytes_unchecked(bytes(data))
+    except ValueError as exc:
+        raise DecodeError(not_on_curve(group)) from exc
+    if not point.is_in_subgroup():
+        raise DecodeError(not_in_subgroup(group))
+    return point
