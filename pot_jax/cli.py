@@ -68,6 +68,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         n=args.n,
         pattern=args.pattern,
         values=args.values,
+        submit_interval=args.submit_interval,
+        piggyback_delay=args.piggyback_delay if args.piggyback_delay > 0 else None,
         seed=args.seed,
         network=NetworkConfig(drop_rate=args.drop, duplicate_rate=args.duplicate, gst=args.gst),
         byzantine=byzantine,
@@ -84,7 +86,12 @@ def _cmd_bench_consensus(args: argparse.Namespace) -> int:
     from pot_jax.runinfo import device_description
 
     ns = tuple(int(n) for n in args.ns.split(","))
-    result = bench_consensus(ns, all_to_all_max_n=args.all_to_all_max_n)
+    result = bench_consensus(
+        ns,
+        values=args.values,
+        submit_interval=args.submit_interval,
+        all_to_all_max_n=args.all_to_all_max_n,
+    )
     result = {"results": result, "jax_version": jax.__version__, "device": device_description()}
     _emit(result, args.json)
     return 0
@@ -250,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--n", type=_positive_int, default=4, help="validators")
     sim.add_argument("--pattern", choices=("all_to_all", "linear"), default="linear")
     sim.add_argument("--values", type=_positive_int, default=4, help="values to decide")
+    sim.add_argument(
+        "--submit-interval", type=float, default=0.0, help="virtual time between submissions"
+    )
+    sim.add_argument(
+        "--piggyback-delay",
+        type=float,
+        default=1.0,
+        help="linear pattern: longest wait of a held QC for a carrier (0: no piggybacking)",
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--drop", type=float, default=0.0, help="message drop rate before GST")
     sim.add_argument("--duplicate", type=float, default=0.0, help="duplication rate")
@@ -296,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=256,
         help="larger all-to-all runs are reported as skipped (O(n^2) messages)",
+    )
+    co.add_argument(
+        "--values", type=_positive_int, default=16, help="values in the stream (1: a lone one)"
+    )
+    co.add_argument(
+        "--submit-interval", type=float, default=1.0, help="virtual time between submissions"
     )
     co.set_defaults(func=_cmd_bench_consensus)
 

@@ -6,6 +6,7 @@ See ``pot_jax.consensus.pbft`` for the protocol and its guarantees.
 from .evidence import EquivocationEvidence, verify_evidence
 from .keys import simulation_keys
 from .messages import (
+    Bundle,
     Cert,
     Decided,
     Fetch,
@@ -44,6 +45,7 @@ from .verifier import Verifier
 __all__ = [
     "ALL_TO_ALL",
     "LINEAR",
+    "Bundle",
     "Cert",
     "Decided",
     "Decision",

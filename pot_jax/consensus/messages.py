@@ -11,6 +11,12 @@ Encoding: one tag byte, then the fields in order; integers are big-endian
 u64 (views, sequence numbers) or u32 (indices, lengths); variable-length
 fields are u32 length || bytes; an optional value is a u8 presence flag
 (0 = null request, 1 = present) followed by the field.
+
+A ``Bundle`` carries several encoded messages in one network message (the
+linear pattern's piggybacking: a commit QC rides on the next proposal, as
+HotStuff chains its QCs). Its parts are processed in order as if each had
+arrived alone; a bundle inside a bundle, an empty bundle or more than
+``MAX_BUNDLE_PARTS`` parts is malformed.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from pot_jax.crypto.errors import DecodeError
 from pot_jax.crypto.quorum import QuorumCertificate
 
 __all__ = [
+    "Bundle",
     "CHECKPOINT",
     "COMMIT",
     "Cert",
     "Decided",
     "Fetch",
+    "MAX_BUNDLE_PARTS",
     "MESSAGE_KINDS",
     "MalformedMessage",
     "NewView",
@@ -40,7 +48,9 @@ __all__ = [
     "decode_message",
     "encode_message",
     "message_kind",
+    "message_seq",
     "value_digest",
+    "bundle_parts",
     "view_change_digest",
 ]
 
@@ -50,6 +60,7 @@ CHECKPOINT = "checkpoint"
 VIEW_CHANGE = "view-change"
 _VOTE_KINDS = (PREPARE, COMMIT, CHECKPOINT)
 
+MAX_BUNDLE_PARTS = 64
 DIGEST_BYTES = 32
 SIGNATURE_BYTES = 96
 _U64_MAX = (1 << 64) - 1
@@ -159,7 +170,14 @@ class Decided:
     qc: QuorumCertificate
 
 
-Message = PrePrepare | Vote | Cert | ViewChange | NewView | Fetch | Decided
+@dataclass(frozen=True)
+class Bundle:
+    """Several encoded messages sent as one, processed in order by the receiver."""
+
+    parts: tuple[bytes, ...]
+
+
+Message = PrePrepare | Vote | Cert | ViewChange | NewView | Fetch | Decided | Bundle
 
 _TAGS: dict[type, int] = {
     PrePrepare: 1,
@@ -169,6 +187,7 @@ _TAGS: dict[type, int] = {
     NewView: 5,
     Fetch: 6,
     Decided: 7,
+    Bundle: 8,
 }
 MESSAGE_KINDS: dict[int, str] = {
     1: "pre-prepare",
@@ -178,6 +197,7 @@ MESSAGE_KINDS: dict[int, str] = {
     5: "new-view",
     6: "fetch",
     7: "decided",
+    8: "bundle",
 }
 
 
@@ -267,7 +287,46 @@ def encode_message(m: Message) -> bytes:
         return tag + _u64(m.from_seq)
     if isinstance(m, Decided):
         return tag + _u64(m.seq) + _u64(m.view) + _opt_value(m.value) + _field(m.qc.encode())
+    if isinstance(m, Bundle):
+        _check_bundle_parts(m.parts)
+        return b"".join([tag, _u32(len(m.parts)), *(_field(p) for p in m.parts)])
     raise TypeError(f"cannot encode {type(m).__name__}; expected a PBFT message")
+
+
+def _check_bundle_parts(parts) -> None:
+    if not 1 <= len(parts) <= MAX_BUNDLE_PARTS:
+        raise MalformedMessage(f"bundle of {len(parts)} parts, expected 1..{MAX_BUNDLE_PARTS}")
+    for i, p in enumerate(parts):
+        if not isinstance(p, bytes) or not p:
+            raise MalformedMessage(f"bundle part {i} is empty or not bytes")
+        if p[0] == _TAGS[Bundle]:
+            raise MalformedMessage(f"bundle part {i} is itself a bundle")
+
+
+def message_seq(data: bytes) -> int | None:
+    """The sequence number in the header of a pre-prepare, vote, cert or decision proof
+    (of a bundle: of its last part, the carrier), read without decoding; else None."""
+    parts = bundle_parts(data)
+    data = parts[-1]
+    tag = data[:1]
+    if tag == b"\x01" and len(data) >= 17:
+        return struct.unpack_from(">Q", data, 9)[0]
+    if tag in (b"\x02", b"\x03") and len(data) >= 18:
+        return struct.unpack_from(">Q", data, 10)[0]
+    if tag == b"\x07" and len(data) >= 9:
+        return struct.unpack_from(">Q", data, 1)[0]
+    return None
+
+
+def bundle_parts(data: bytes) -> tuple[bytes, ...]:
+    """The messages inside ``data`` if it is a well-formed bundle, else ``(data,)``."""
+    if data[:1] != bytes([_TAGS[Bundle]]):
+        return (data,)
+    try:
+        m = decode_message(data)
+    except MalformedMessage:
+        return (data,)
+    return m.parts
 
 
 def view_change_digest(m: ViewChange) -> bytes:
@@ -426,7 +485,14 @@ def decode_message(data: bytes) -> Message:
         view = r.u64("view")
         value = r.opt_value("value")
         m = Decided(seq, view, value, r.qc("commit QC"))
+    elif tag == 8:
+        count = r.count("bundle part count", 4)
+        if not 1 <= count <= MAX_BUNDLE_PARTS:
+            raise MalformedMessage(f"bundle of {count} parts, expected 1..{MAX_BUNDLE_PARTS}")
+        parts = tuple(r.field("bundle part") for _ in range(count))
+        _check_bundle_parts(parts)
+        m = Bundle(parts)
     else:
-        raise MalformedMessage(f"unknown message tag {tag}, expected 1..7")
+        raise MalformedMessage(f"unknown message tag {tag}, expected 1..8")
     r.finish(MESSAGE_KINDS[tag])
     return m

@@ -20,6 +20,7 @@ checked (``PopVerify``); ``pot_jax.crypto.quorum.ValidatorSet`` does that.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import importlib
@@ -143,6 +144,20 @@ def set_backend(name: str) -> None:
     """Select the backend ("arkworks" or "py_ecc") for every later call."""
     global _current
     _current = _load(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hash_cached(backend_name: str, message: bytes, dst: bytes) -> object:
+    return _instances[backend_name].hash_to_g2(message, dst)
+
+
+def hash_to_g2(backend: BLSBackend, message: bytes, dst: bytes) -> object:
+    """hash_to_curve (RFC 9380) into G2, memoised: the votes of one PBFT phase all sign
+    the same message, so a replica that signs and checks them hashes it once. The
+    result is a fresh immutable point; caching changes time only, never a value."""
+    if _instances.get(backend.name) is not backend:  # a backend built outside _load
+        return backend.hash_to_g2(message, dst)
+    return _hash_cached(backend.name, bytes(message), bytes(dst))
 
 
 @contextmanager
@@ -299,7 +314,7 @@ def sign_with_dst(sk: int, message: bytes, dst: bytes) -> bytes:
     """CoreSign (draft 2.6) under an explicit domain separation tag."""
     backend = get_backend()
     sk = _check_secret_key(sk)
-    h = backend.hash_to_g2(_as_bytes(message, "message"), _check_dst(dst))
+    h = hash_to_g2(backend, _as_bytes(message, "message"), _check_dst(dst))
     return backend.g2_encode(backend.g2_mul(h, sk))
 
 
@@ -307,7 +322,7 @@ def _core_verify_points(
     backend: BLSBackend, pk: object, message: bytes, signature: object, dst: bytes
 ) -> bool:
     # e(PK, H(m)) * e(-P1, sig) == 1
-    h = backend.hash_to_g2(message, dst)
+    h = hash_to_g2(backend, message, dst)
     return backend.pairing_check([pk, backend.g1_neg_generator()], [h, signature])
 
 
@@ -363,7 +378,7 @@ def AggregateVerify(pks: Sequence[bytes], messages: Sequence[bytes], signature: 
         sig_point = backend.g2_decode(_as_bytes(signature, "signature"))
     except DecodeError:
         return False
-    g2s = [backend.hash_to_g2(m, CIPHERSUITE_DST) for m in msgs]
+    g2s = [hash_to_g2(backend, m, CIPHERSUITE_DST) for m in msgs]
     return backend.pairing_check([*pk_points, backend.g1_neg_generator()], [*g2s, sig_point])
 
 
@@ -460,7 +475,7 @@ def batch_verify_with_dst(
         [backend.g2_mul(s, r) for s, r in zip(sig_points, scalars, strict=True)]
     )
     g1s = [backend.g1_sum(group) for group in by_message.values()]
-    g2s = [backend.hash_to_g2(m, dst) for m in by_message]
+    g2s = [hash_to_g2(backend, m, dst) for m in by_message]
     return backend.pairing_check([*g1s, backend.g1_neg_generator()], [*g2s, combined_sig])
 
 

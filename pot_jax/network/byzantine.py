@@ -23,6 +23,7 @@ from pot_jax.consensus.messages import (
     COMMIT,
     PREPARE,
     VIEW_CHANGE,
+    Bundle,
     Cert,
     Decided,
     MalformedMessage,
@@ -291,19 +292,26 @@ def view_change_spam(max_jump: int = 1000) -> Strategy:
 
 
 def garbage(max_bytes: int = 64) -> Strategy:
-    """Broadcast random bytes, truncated real messages and oversized blobs."""
+    """Broadcast random bytes, truncated real messages, oversized blobs and bundles that
+    mix real messages with junk or nest a bundle inside a bundle."""
     incoming, seen = _cert_store()
 
     def act(node, cluster):
         rng = cluster.rng
-        choice = rng.randrange(3)
+        choice = rng.randrange(4)
+        junk = bytes(rng.randrange(256) for _ in range(1 + rng.randrange(max_bytes)))
         if choice == 0 or not seen:
-            data = bytes(rng.randrange(256) for _ in range(rng.randrange(max_bytes)))
+            data = junk
         elif choice == 1:
             msg = seen[rng.randrange(len(seen))]
             data = msg[: rng.randrange(len(msg))]
-        else:
+        elif choice == 2:
             data = b"\x05" + b"\xff" * (node.replica.config.max_message_bytes + 1)
+        else:
+            parts = (seen[rng.randrange(len(seen))], junk)
+            data = encode_message(Bundle(parts))
+            if rng.random() < 0.5:  # a nested bundle: malformed as a whole
+                data = b"\x08\x00\x00\x00\x01" + len(data).to_bytes(4, "big") + data
         return [Send(None, data)]
 
     return Strategy("garbage", incoming=incoming, act=act)

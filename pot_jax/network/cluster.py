@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pot_jax.consensus.evidence import EquivocationEvidence
-from pot_jax.consensus.messages import PrePrepare, decode_message
+from pot_jax.consensus.messages import PrePrepare, bundle_parts, decode_message, message_seq
 from pot_jax.consensus.pbft import (
     Decision,
     Deliver,
@@ -65,6 +65,7 @@ class Node:
 @dataclass
 class ClusterStats:
     sent: Counter = field(default_factory=Counter)
+    sent_by_seq: Counter = field(default_factory=Counter)  # by the sequence a message is for
     network_dropped: Counter = field(default_factory=Counter)
     replica_dropped: Counter = field(default_factory=Counter)
     delivered: int = 0
@@ -137,7 +138,12 @@ class Cluster:
         if not node.up:
             self.stats.network_dropped["receiver down"] += 1
             return
-        if node.strategy is not None and not node.strategy.incoming(node, src_identity, data, self):
+        if node.strategy is not None:
+            # A Byzantine node's strategy judges each bundled message on its own.
+            for part in bundle_parts(data):
+                if node.strategy.incoming(node, src_identity, part, self):
+                    self.stats.delivered += 1
+                    self._apply(node, step(node.replica, node.state, Deliver(src_identity, part)))
             return
         self.stats.delivered += 1
         self._apply(node, step(node.replica, node.state, Deliver(src_identity, data)))
@@ -163,6 +169,7 @@ class Cluster:
             node.state = initial_state(node.replica)
             node.decisions = []
             node.decision_times = []
+
             return
         self._apply(node, recover(node.replica, durable_state(node.state)))
 
@@ -181,11 +188,14 @@ class Cluster:
         for d in result.decisions:
             node.decisions.append(d)
             node.decision_times.append(self.now())
+
         for drop in result.drops:
             self.stats.replica_dropped[drop.reason] += 1
         self.stats.evidence.extend(result.evidence)
         sends = list(result.sends)
         if node.strategy is not None:
+            # Strategies rewrite single messages: unbundle what the honest logic bundled.
+            sends = [Send(s.dest, p) for s in sends for p in bundle_parts(s.data)]
             sends = node.strategy.outgoing(node, sends, self)
         self._route(node, sends)
         if node.strategy is None or node.strategy.runs_timers:
@@ -199,10 +209,13 @@ class Cluster:
 
     def _route(self, node: Node, sends: Sequence[Send]) -> None:
         for s in sends:
-            if s.data[:1] == b"\x01":
-                self._record_proposal(s.data)
+            for part in bundle_parts(s.data):
+                if part[:1] == b"\x01":
+                    self._record_proposal(part)
+            seq = message_seq(s.data)
             for dst in self.destinations(node, s.dest):
                 self.stats.sent[s.kind] += 1
+                self.stats.sent_by_seq[seq] += 1
                 self.transport.send(node, dst, s.data)
 
     def _record_proposal(self, data: bytes) -> None:
@@ -229,11 +242,13 @@ class ManualNetwork:
     Messages wait in ``in_flight`` and timers in ``timers`` until the test
     delivers, drops or duplicates them. ``groups`` is an optional partition:
     a message between nodes in different groups is dropped on delivery.
+    Each timer keeps its deadline (the clock when set plus its delay), which
+    ``run_fair`` honours; ``fire`` lets a test fire any timer early.
     """
 
     cluster: Cluster
     in_flight: list[tuple[int, int, int, bytes]] = field(default_factory=list)
-    timers: list[tuple[int, str, int, int]] = field(default_factory=list)
+    timers: list[tuple[int, str, int, int, float]] = field(default_factory=list)
     groups: list[frozenset[int]] | None = None
     clock: float = 0.0
 
@@ -248,16 +263,18 @@ class ManualNetwork:
 
     def timer(self, node: Node, timer: SetTimer) -> None:
         self.timers = [t for t in self.timers if not (t[0] == node.id and t[1] == timer.name)]
-        self.timers.append((node.id, timer.name, timer.token, node.incarnation))
+        self.timers.append(
+            (node.id, timer.name, timer.token, node.incarnation, self.clock + timer.delay)
+        )
 
     def connected(self, a: int, b: int) -> bool:
         if self.groups is None:
             return True
         return any(a in g and b in g for g in self.groups)
 
-    def deliver(self, i: int) -> None:
+    def deliver(self, i: int, *, tick: float = 1.0) -> None:
         src, identity, dst, data = self.in_flight.pop(i % len(self.in_flight))
-        self.clock += 1.0
+        self.clock += tick
         if not self.connected(src, dst):
             self.cluster.stats.network_dropped["partition"] += 1
             return
@@ -274,21 +291,30 @@ class ManualNetwork:
         self.in_flight.append(self.in_flight.pop(i % len(self.in_flight)))
 
     def fire(self, i: int) -> None:
-        node_id, name, token, incarnation = self.timers.pop(i % len(self.timers))
+        node_id, name, token, incarnation, _ = self.timers.pop(i % len(self.timers))
         self.clock += 1.0
         self.cluster.fire_timer(node_id, name, token, incarnation)
 
     def run_fair(self, max_steps: int = 100_000, stop: Callable[[], bool] | None = None) -> int:
-        """Heal the partition and deliver everything in FIFO order, firing timers only when
-        no message is in flight; return early when idle and ``stop()`` holds."""
+        """After GST: heal the partition, deliver everything in FIFO order without letting
+        time pass, and when nothing is in flight advance the clock to the earliest timer
+        deadline and fire that timer; return early when idle and ``stop()`` holds.
+
+        Message delays are thus negligible next to timeouts, the synchrony PBFT's
+        liveness assumes after GST; firing timers in the order they were *set* instead
+        would ignore the view-change backoff and can keep replicas in different views
+        forever."""
         self.groups = None
         steps = 0
         while steps < max_steps and (self.in_flight or self.timers):
             if self.in_flight:
-                self.deliver(0)
+                self.deliver(0, tick=0.0)
             elif stop is not None and stop():
                 break
             else:
-                self.fire(0)
+                k = min(range(len(self.timers)), key=lambda j: (self.timers[j][4], j))
+                node_id, name, token, incarnation, deadline = self.timers.pop(k)
+                self.clock = max(self.clock, deadline)
+                self.cluster.fire_timer(node_id, name, token, incarnation)
             steps += 1
         return steps

@@ -6,11 +6,15 @@ submits values, runs to completion or ``max_time`` and returns a JSON-ready
 dict: commits, views, message counts by kind, virtual latency, wall time,
 drops by reason, evidence and safety violations.
 
-``bench_consensus()`` runs one decision per (pattern, n) on a clean network
-and reports messages per decision, simulator wall seconds per decision and
-virtual latency. All-to-all runs above ``all_to_all_max_n`` are returned as
-an explicit ``skipped`` entry with the reason (O(n^2) messages, each a real
-signature check).
+``bench_consensus()`` runs, per (pattern, n) on a clean network, a stream
+of values submitted one every ``submit_interval`` (a steady load, as a
+training run's rounds are) and reports messages per decision over the whole
+run (the tail's unpiggybacked QCs and checkpoint included) and in steady
+state (the mean number of messages sent for the middle half of the stream's
+sequence numbers), simulator wall seconds per decision and
+virtual latency. ``values=1`` measures a lone decision. All-to-all runs
+above ``all_to_all_max_n`` are returned as an explicit ``skipped`` entry
+with the reason (O(n^2) messages, each a real signature check).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ScenarioConfig:
     ``pot_jax.network.byzantine.STRATEGIES`` (combine with ``+``); ``twins``
     lists identities that get a second node (node ids n, n+1, ...);
     ``crashes`` are (time, node) and ``restarts`` (time, node, amnesia).
+    ``piggyback_delay`` is ``ReplicaConfig.piggyback_delay`` (None: off).
     ``shared_verification`` lets all replicas share one signature-result
     memo: outcomes are identical, wall time is not (each real node would
     verify for itself).
@@ -62,6 +67,7 @@ class ScenarioConfig:
     window: int = 16
     request_timeout: float = 8.0
     view_change_timeout: float = 8.0
+    piggyback_delay: float | None = 1.0
     shared_verification: bool = True
     chain_id: bytes = b"pot-jax/simulation"
 
@@ -77,6 +83,7 @@ def build(config: ScenarioConfig) -> tuple[Cluster, TimedNetwork, dict]:
         window=config.window,
         request_timeout=config.request_timeout,
         view_change_timeout=config.view_change_timeout,
+        piggyback_delay=config.piggyback_delay,
     )
     memo: dict = {}
 
@@ -135,6 +142,7 @@ def run_scenario(config: ScenarioConfig) -> dict:
             latencies.append(max(times) - cluster.submitted[d])
     decided = min((len(digests & cluster.decided_digests(x)) for x in honest), default=0)
     total = sum(cluster.stats.sent.values())
+    steady = steady_state_messages(cluster, len(values)) if decided == len(digests) else None
     return {
         "n": config.n,
         "pattern": config.pattern,
@@ -146,6 +154,7 @@ def run_scenario(config: ScenarioConfig) -> dict:
         "messages": dict(sorted(cluster.stats.sent.items())),
         "messages_total": total,
         "messages_per_decision": total / decided if decided else None,
+        "steady_state_messages_per_decision": steady,
         "virtual_latency_mean": sum(latencies) / len(latencies) if latencies else None,
         "virtual_latency_max": max(latencies, default=None),
         "virtual_time": net.time,
@@ -160,11 +169,22 @@ def run_scenario(config: ScenarioConfig) -> dict:
     }
 
 
+def steady_state_messages(cluster: Cluster, n_values: int) -> float | None:
+    """Mean messages sent for sequences n/4 .. 3n/4 - 1 of a stream of n values (a
+    message counts for the sequence in its header, a bundle for its carrier's); None
+    for fewer than 4 values. The stream's start and its unpiggybacked tail are left out."""
+    if n_values < 4:
+        return None
+    seqs = range(n_values // 4 + 1, 3 * n_values // 4 + 1)
+    return sum(cluster.stats.sent_by_seq[s] for s in seqs) / len(seqs)
+
+
 def bench_consensus(
     ns=(4, 16, 64, 256, 1024),
     patterns=(ALL_TO_ALL, LINEAR),
     *,
-    values: int = 1,
+    values: int = 16,
+    submit_interval: float = 1.0,
     all_to_all_max_n: int = 256,
     shared_verification: bool = True,
     seed: int = 0,
@@ -190,6 +210,7 @@ def bench_consensus(
                 n=n,
                 pattern=pattern,
                 values=values,
+                submit_interval=submit_interval,
                 seed=seed,
                 shared_verification=shared_verification,
                 network=NetworkConfig(),
@@ -204,6 +225,12 @@ def bench_consensus(
                     "messages_per_decision_over_n": (
                         r["messages_per_decision"] / n if r["messages_per_decision"] else None
                     ),
+                    "steady_state_messages_per_decision": r["steady_state_messages_per_decision"],
+                    "steady_state_over_n": (
+                        r["steady_state_messages_per_decision"] / n
+                        if r["steady_state_messages_per_decision"]
+                        else None
+                    ),
                     "wall_seconds_per_decision": r["wall_seconds_per_decision"],
                     "virtual_latency": r["virtual_latency_mean"],
                     "messages": r["messages"],
@@ -214,9 +241,11 @@ def bench_consensus(
         "benchmark": "consensus",
         "bls_backend": bls.get_backend().name,
         "values_per_run": values,
+        "submit_interval": submit_interval,
         "shared_verification": shared_verification,
         "results": results,
-        "config": dataclasses.asdict(ScenarioConfig(values=values)) | {"network": "default"},
+        "config": dataclasses.asdict(ScenarioConfig(values=values, submit_interval=submit_interval))
+        | {"network": "default"},
     }
 
 

@@ -1,12 +1,15 @@
 """Wire format of PBFT messages: exact round trips, and every bad input is MalformedMessage."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pot_jax.consensus.messages import (
     CHECKPOINT,
     COMMIT,
+    MAX_BUNDLE_PARTS,
     PREPARE,
+    Bundle,
     Cert,
     Decided,
     Fetch,
@@ -16,9 +19,11 @@ from pot_jax.consensus.messages import (
     PrePrepare,
     ViewChange,
     Vote,
+    bundle_parts,
     decode_message,
     encode_message,
     message_kind,
+    message_seq,
     value_digest,
 )
 from pot_jax.crypto.quorum import QuorumCertificate
@@ -40,7 +45,7 @@ view_changes = st.builds(
     small,
     sigs,
 )
-messages = st.one_of(
+single_messages = st.one_of(
     preprepares,
     st.builds(Vote, kinds, ints, ints, digests, small, sigs),
     certs,
@@ -54,6 +59,10 @@ messages = st.one_of(
     st.builds(Fetch, ints),
     st.builds(Decided, ints, ints, values, qcs),
 )
+bundles = st.builds(
+    Bundle, st.lists(single_messages.map(encode_message), min_size=1, max_size=4).map(tuple)
+)
+messages = single_messages | bundles
 
 
 @given(messages)
@@ -87,3 +96,51 @@ def test_random_bytes_decode_or_raise_malformed_only(data):
 def test_null_and_empty_values_have_distinct_digests():
     assert value_digest(None) != value_digest(b"")
     assert len(value_digest(b"x")) == 32
+
+
+# ---------------------------------------------------------------------------
+# Bundles (piggybacking)
+
+
+@given(st.lists(single_messages, min_size=1, max_size=5))
+def test_a_bundle_carries_its_parts_in_order_and_the_carriers_sequence(parts):
+    raw = tuple(encode_message(m) for m in parts)
+    data = encode_message(Bundle(raw))
+    assert message_kind(data) == "bundle"
+    assert bundle_parts(data) == raw
+    assert message_seq(data) == message_seq(raw[-1])
+    assert bundle_parts(raw[0]) == (raw[0],)
+
+
+def test_malformed_bundles_are_rejected_with_the_reason():
+    vote = encode_message(Fetch(3))
+    inner = encode_message(Bundle((vote,)))
+
+    def raw(parts):  # the wire format, bypassing encode_message's own checks
+        return (
+            b"\x08"
+            + len(parts).to_bytes(4, "big")
+            + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+        )
+
+    cases = {
+        "itself a bundle": raw([vote, inner]),
+        "empty": raw([b""]),
+        "expected 1..": raw([]),
+        f"expected 1..{MAX_BUNDLE_PARTS}": raw([vote] * (MAX_BUNDLE_PARTS + 1)),
+    }
+    for reason, data in cases.items():
+        with pytest.raises(MalformedMessage, match=reason):
+            decode_message(data)
+    with pytest.raises(MalformedMessage, match="itself a bundle"):
+        encode_message(Bundle((vote, inner)))
+
+
+def test_message_seq_reads_the_header_of_each_kind():
+    sig, d = b"\x00" * 96, b"\x11" * 32
+    qc = QuorumCertificate(sig, b"\x01")
+    assert message_seq(encode_message(PrePrepare(2, 9, b"v", sig))) == 9
+    assert message_seq(encode_message(Vote(COMMIT, 2, 10, d, 1, sig))) == 10
+    assert message_seq(encode_message(Cert(PREPARE, 2, 11, d, qc))) == 11
+    assert message_seq(encode_message(Decided(12, 2, b"v", qc))) == 12
+    assert message_seq(encode_message(Fetch(5))) is None

@@ -150,6 +150,9 @@ def test_bench_consensus_small_and_explicit_skips():
     rows = {(r["pattern"], r["n"]): r for r in out["results"]}
     assert "skipped" in rows[(ALL_TO_ALL, 8)]
     lin = rows[(LINEAR, 8)]
-    assert lin["decided"] == 1 and lin["messages_per_decision"] == 5 * 7
+    assert lin["decided"] == 16 and lin["steady_state_messages_per_decision"] == 4 * 7
+    assert 4 * 7 < lin["messages_per_decision"] < 5 * 7  # the stream's tail is not chained
+    lone = bench_consensus(ns=(8,), patterns=(LINEAR,), values=1)["results"][0]
+    assert lone["decided"] == 1 and lone["messages_per_decision"] == 5 * 7
     assert rows[(ALL_TO_ALL, 4)]["safety_violations"] == []
     assert out["bls_backend"]
