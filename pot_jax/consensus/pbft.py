@@ -883,6 +883,9 @@ class _Step:
                 self.conflicting_vote("votes", key, m.signer, rec, m.digest, m.signature)
             return
         if self.phase_complete(m.kind, v, s):
+            # Kept (unverified, never counted) so that a conflicting vote from the same
+            # signer still yields equivocation evidence.
+            self.t.wi("votes", key)[m.signer] = VoteRecord(m.digest, m.signature, False)
             self.drop("late", f"{m.kind} for seq {s} after its quorum formed")
             return
         verified = False
@@ -1356,6 +1359,8 @@ class _Step:
             return
         old = self.t.get("view_changes").get(src)
         if old is not None and old.new_view >= vc.new_view:
+            if old.new_view == vc.new_view and old != vc and self.conflicting_view_change(old, vc):
+                return
             self.drop("duplicate", f"view change to {vc.new_view} from {src}, have {old.new_view}")
             return
         err = self.verify_view_change(vc)
@@ -1371,6 +1376,25 @@ class _Step:
         if len(higher) >= self.c.f + 1:
             self.start_view_change(higher[0])
         self.try_new_view()
+
+    def conflicting_view_change(self, old: ViewChange, vc: ViewChange) -> bool:
+        """Two validly signed, different view changes to one view: equivocation evidence
+        (an honest replica signs one view change per view, durably)."""
+        d_old, d_new = view_change_digest(old), view_change_digest(vc)
+        if d_old == d_new:
+            return False
+        if not self.r.verifier.verify_vote(
+            vc.signer, self.msg(VIEW_CHANGE, vc.new_view, 0, d_new), vc.signature
+        ):
+            self.drop("bad-view-change", f"view change from {vc.signer} is not signed by it")
+            return True
+        self.evidence.append(
+            EquivocationEvidence(
+                vc.signer, VIEW_CHANGE, vc.new_view, 0, d_old, old.signature, d_new, vc.signature
+            )
+        )
+        self.drop("equivocation", f"{vc.signer} signed two view changes to view {vc.new_view}")
+        return True
 
     def plan(
         self, vcs: tuple[ViewChange, ...]

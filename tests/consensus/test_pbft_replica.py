@@ -13,16 +13,19 @@ from pot_jax.consensus.messages import (
     CHECKPOINT,
     COMMIT,
     PREPARE,
+    VIEW_CHANGE,
     Bundle,
     Cert,
     Decided,
     Fetch,
+    PreparedProof,
     PrePrepare,
     ViewChange,
     Vote,
     decode_message,
     encode_message,
     value_digest,
+    view_change_digest,
 )
 from pot_jax.consensus.pbft import (
     ALL_TO_ALL,
@@ -457,3 +460,53 @@ def test_double_voting_yields_verifiable_equivocation_evidence(pattern):
     assert all(verify_evidence(CHAIN, validators, ev) for ev in c.stats.evidence)
     assert {ev.signer for ev in c.stats.evidence} == {1}
     assert undecided(c) == {}
+
+
+def _signed_view_change(sk, view_change):
+    msg = vote_message(CHAIN, VIEW_CHANGE, view_change.new_view, 0, view_change_digest(view_change))
+    return dataclasses.replace(view_change, signature=sign_vote(sk, msg))
+
+
+def test_two_different_view_changes_to_one_view_are_equivocation_evidence():
+    replica, state, c = _backup_with_history()
+    sks, validators = simulation_keys(4)
+    first = _signed_view_change(sks[2], ViewChange(1, None, (), 2, b""))
+    r1 = step(replica, state, Deliver(2, encode_message(first)))
+    assert not r1.drops and not r1.evidence
+    r2 = step(replica, r1.state, Deliver(2, encode_message(first)))
+    assert [x.reason for x in r2.drops] == ["duplicate"] and not r2.evidence
+    # Another view change to view 1 from the same signer, carrying a valid prepared proof.
+    decided = state.ledger[1]
+    votes = {
+        i: sign_vote(sks[i], vote_message(CHAIN, PREPARE, 0, 1, decided.digest)) for i in range(3)
+    }
+    proof = PreparedProof(0, 1, decided.value, aggregate_votes(validators, votes))
+    second = _signed_view_change(sks[2], ViewChange(1, None, (proof,), 2, b""))
+    r3 = step(replica, r1.state, Deliver(2, encode_message(second)))
+    assert [x.reason for x in r3.drops] == ["equivocation"]
+    (ev,) = r3.evidence
+    assert ev.signer == 2 and ev.kind == VIEW_CHANGE and verify_evidence(CHAIN, validators, ev)
+    assert r3.state == r1.state
+
+
+def test_conflicting_late_votes_still_yield_evidence():
+    """Votes that arrive after their quorum are kept (never counted), so a second,
+    conflicting vote from the same signer is caught."""
+    replica, state, _ = _backup_with_history()
+    sks, validators = simulation_keys(4)
+    # As if signer 3's commit vote for seq 1 had not arrived before the quorum formed.
+    key = (COMMIT, 0, 1)
+    votes = dict(state.votes)
+    votes[key] = {i: r for i, r in votes[key].items() if i != 3}
+    state = dataclasses.replace(state, votes=votes)
+    d, other = state.ledger[1].digest, value_digest(b"other")
+
+    def vote(digest):
+        sig = sign_vote(sks[3], vote_message(CHAIN, COMMIT, 0, 1, digest))
+        return encode_message(Vote(COMMIT, 0, 1, digest, 3, sig))
+
+    r1 = step(replica, state, Deliver(3, vote(d)))
+    r2 = step(replica, r1.state, Deliver(3, vote(other)))
+    assert [x.reason for x in r1.drops] == ["late"]
+    assert [x.reason for x in r2.drops] == ["equivocation"]
+    assert verify_evidence(CHAIN, validators, r2.evidence[0])
