@@ -16,23 +16,29 @@ NAME = "f4_consensus"
 class Config:
     """Figure f4_consensus: messages, simulator wall seconds and virtual latency per
     decision against validators n, for all-to-all and linear (collector) PBFT; log-log
-    with least-squares slopes. Real BLS votes and QCs, deterministic simulated network.
+    with least-squares slopes. Real BLS votes and QCs, deterministic simulated network,
+    a stream of ``values`` values one every ``submit_interval`` delays (a steady load,
+    like a training run's rounds). Messages are shown over the whole stream and in
+    steady state (the middle half of the sequence numbers), where linear PBFT with
+    chained commit QCs costs exactly 4(n - 1).
 
     Command: ``pot-jax figures --only f4_consensus --scale paper``.
-    Expected: message slope ~2 for all-to-all and ~1 for linear; virtual latency flat
-    in n (a constant number of network hops); all-to-all above ``all_to_all_max_n``
-    is recorded as skipped, not run.
-    Runtime: smoke ~2 s (n = 4..16); paper ~1 min (n = 4..1024; measured 22-59 s).
+    Expected: message slope ~2 for all-to-all and ~1 for linear (steady state 4(n - 1));
+    virtual latency flat in n (a constant number of network hops); all-to-all above
+    ``all_to_all_max_n`` is recorded as skipped, not run.
+    Runtime: smoke ~5 s (n = 4..16); paper ~5 min (n = 4..1024, 16 values each).
     """
 
     ns: tuple[int, ...]
     patterns: tuple[str, ...] = ("all_to_all", "linear")
     all_to_all_max_n: int = 256
+    values: int = 16
+    submit_interval: float = 1.0
     seed: int = 0
 
 
 CONFIGS = {
-    "smoke": Config(ns=(4, 8, 16)),
+    "smoke": Config(ns=(4, 8, 16), values=8),
     "paper": Config(ns=(4, 16, 64, 256, 1024)),
 }
 
@@ -41,7 +47,12 @@ def run(config: Config, data_dir: Path) -> None:
     from pot_jax.network.scenario import bench_consensus
 
     r = bench_consensus(
-        config.ns, config.patterns, all_to_all_max_n=config.all_to_all_max_n, seed=config.seed
+        config.ns,
+        config.patterns,
+        values=config.values,
+        submit_interval=config.submit_interval,
+        all_to_all_max_n=config.all_to_all_max_n,
+        seed=config.seed,
     )
     rows = []
     for x in r["results"]:
@@ -52,6 +63,7 @@ def run(config: Config, data_dir: Path) -> None:
                 "skipped": x.get("skipped", ""),
                 "decided": x.get("decided"),
                 "messages_per_decision": x.get("messages_per_decision"),
+                "steady_state_messages_per_decision": x.get("steady_state_messages_per_decision"),
                 "wall_seconds_per_decision": x.get("wall_seconds_per_decision"),
                 "virtual_latency": x.get("virtual_latency"),
                 "safety_violations": len(x.get("safety_violations", ())),
@@ -99,7 +111,20 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                 )
                 s = slopes.get((pattern, q))
                 tag = f" (slope {s:.2f})" if s is not None else ""
-                ax.plot([r["n"] for r in ok], [r[q] for r in ok], "o-", label=pattern + tag)
+                line = ax.plot([r["n"] for r in ok], [r[q] for r in ok], "o-", label=pattern + tag)
+                if (
+                    q == "messages_per_decision"
+                    and ok
+                    and ok[0]["steady_state_messages_per_decision"]
+                ):
+                    ax.plot(
+                        [r["n"] for r in ok],
+                        [r["steady_state_messages_per_decision"] for r in ok],
+                        "s--",
+                        color=line[0].get_color(),
+                        fillstyle="none",
+                        label=f"{pattern}, steady state",
+                    )
                 skipped = [r["n"] for r in rows if r["pattern"] == pattern and r["skipped"]]
                 if skipped and q == "messages_per_decision":
                     ax.plot(
@@ -109,6 +134,9 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                         color="0.5",
                         label=f"{pattern} skipped (~2n^2 shown)",
                     )
+            if q == "messages_per_decision":
+                ns = sorted({r["n"] for r in rows})
+                ax.plot(ns, [4 * (n - 1) for n in ns], ":", color="0.4", label="4(n - 1)")
             ax.set(xscale="log", yscale="log", xlabel="validators n", ylabel=label)
             ax.legend()
         fig.suptitle("PBFT per decision, real BLS votes, simulated network", fontsize=10)
