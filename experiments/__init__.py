@@ -84,6 +84,8 @@ def run_figures(names: list[str] | None, scale: str, out_root: Path) -> dict:
     """Run and plot the named figures (all when ``names`` is None) at ``scale``.
 
     Each figure owns ``out_root/NAME``: files already there are removed first.
+    Afterwards ``out_root/MEASURED.md`` is rewritten from every figure's data
+    (``experiments.summary``).
     Returns ``{name: {"scale", "dir", "files", "wall_seconds"}}``. Raises
     ValueError naming any unknown figure or scale before anything runs.
     """
@@ -125,4 +127,7 @@ def run_figures(names: list[str] | None, scale: str, out_root: Path) -> dict:
             "files": [str(p) for p in files],
             "wall_seconds": round(timer.seconds, 3),
         }
+    from experiments.summary import write_summary
+
+    write_summary(out_root)
     return results

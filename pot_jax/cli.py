@@ -124,6 +124,11 @@ def _cmd_figures(args: argparse.Namespace) -> int:
             f"pip install -e . ({err})"
         ) from err
 
+    if args.summary_only:
+        from experiments.summary import write_summary
+
+        print(write_summary(Path(args.out)))
+        return 0
     names = args.only.split(",") if args.only else None
     result = run_figures(names, args.scale, Path(args.out))
     _emit(result, True)
@@ -281,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--only", default="", help="comma-separated figure names (default: all)")
     fig.add_argument("--scale", choices=("smoke", "paper"), default="smoke")
     fig.add_argument("--out", default="paper_figures", help="output root (default: paper_figures)")
+    fig.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only rewrite OUT/MEASURED.md from the data files already there",
+    )
     fig.set_defaults(func=_cmd_figures)
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")

@@ -80,3 +80,16 @@ def test_unknown_figure_name_raises_value_error_naming_it(tmp_path):
 def test_unknown_scale_raises_value_error_naming_it(tmp_path):
     with pytest.raises(ValueError, match="'huge'"):
         run_figures(None, "huge", tmp_path)
+
+
+def test_measured_summary_is_computed_from_every_figures_data(smoke_run):
+    """run_figures rewrites MEASURED.md from the data files; each figure gets its numbers."""
+    from experiments.summary import MEASURED_MD, summarize
+
+    root, _ = smoke_run
+    text = (root / MEASURED_MD).read_text()
+    assert text == summarize(root)
+    for name in FIGURES:
+        section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        assert "scale **smoke**" in section and "\n- " in section, name
+    assert "not run" in summarize(root / "empty")
