@@ -711,9 +711,11 @@ class _Step:
             if not self.active or not self.t.get("pending"):
                 return
             if not self.t.get("fetch_tried"):
-                # First expiry: maybe we only missed decisions; ask before accusing the primary.
+                # First expiry: maybe we only missed decisions, or checkpoint votes were lost
+                # and the window is full; ask and re-vote before accusing the primary.
                 self.t.set("fetch_tried", True)
                 self.broadcast(encode_message(Fetch(self.last_executed + 1)))
+                self.resend_checkpoint_votes()
                 self.set_timer(REQUEST_TIMER, self.c.request_timeout)
                 return
             self.start_view_change(self.view + 1)
@@ -1130,6 +1132,23 @@ class _Step:
             self.hold(self.c.primary(self.view), vote)
         self.check_stable(s)
 
+    def resend_checkpoint_votes(self, collector: int | None = None) -> None:
+        """Vote again for every checkpoint above the stable one (same digest, so no new
+        commitment): a lost checkpoint vote must not leave the window full forever.
+        Linear pattern: to ``collector`` (default: the current primary)."""
+        k = self.c.checkpoint_interval
+        signed = self.t.get("signed")
+        for s in range(self.low + k, self.last_executed + 1, k):
+            digest = signed.get((CHECKPOINT, 0, s))
+            sig = None if digest is None else self.sign(CHECKPOINT, 0, s, digest)
+            if sig is None:
+                continue
+            vote = encode_message(Vote(CHECKPOINT, 0, s, digest, self.me, sig))
+            if self.c.pattern == ALL_TO_ALL:
+                self.broadcast(vote)
+            else:
+                self.send(self.c.primary(self.view) if collector is None else collector, vote)
+
     def on_checkpoint_vote(self, m: Vote) -> None:
         s = m.seq
         if m.view != 0:
@@ -1227,6 +1246,16 @@ class _Step:
         if m.from_seq < 1:
             self.drop("malformed", f"fetch from sequence {m.from_seq}, expected >= 1")
             return
+        stable = self.t.get("stable")
+        if 0 < stable.seq and stable.seq >= m.from_seq - 1:
+            # The asker may lack this checkpoint's certificate (a lost QC broadcast, or
+            # votes that never reached it): with it, it can move its window.
+            if stable.qc is None:
+                stable = dataclasses.replace(stable, qc=self.qc_of(stable), votes=None)
+                self.t.set("stable", stable)
+            self.send(
+                src, encode_message(Cert(CHECKPOINT, 0, stable.seq, stable.digest, stable.qc))
+            )
         end = min(self.last_executed, m.from_seq + self.c.fetch_batch - 1)
         ledger = self.t.get("ledger")
         for s in range(m.from_seq, end + 1):
@@ -1262,6 +1291,9 @@ class _Step:
         if target <= self.view:
             return
         self.flush_outbox()  # held QCs and votes are for the old view's primary: send them now
+        if self.c.pattern == LINEAR:
+            # The new view's primary collects checkpoint votes now; it may never have had ours.
+            self.resend_checkpoint_votes(self.c.primary(target))
         attempts = self.t.get("vc_attempts")
         self.t.set("view", target)
         self.t.set("active", False)

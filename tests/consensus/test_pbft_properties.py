@@ -12,11 +12,14 @@
   must be safe; canaries with two twinned identities (f + 1 faulty) or with
   the predecessor's quorum n * 2 // 3 must be caught violating agreement.
 
-Sizes cover n = 3f+1, 3f+2, 3f+3 (4, 5, 6) and 7. Long run (>= 10,000
-schedules; takes hours on 2 cores)::
+Sizes cover n = 3f+1, 3f+2, 3f+3 (4, 5, 6) and 7. Long run (5000 schedules
+per pattern, 10,000 in all; about 35 minutes with one process per pattern on
+2 cores)::
 
-    HYPOTHESIS_PROFILE=dev POT_JAX_LONG_RUN_EXAMPLES=10000 \\
-        pytest -m slow tests/consensus/test_pbft_properties.py
+    HYPOTHESIS_PROFILE=dev POT_JAX_LONG_RUN_EXAMPLES=5000 \\
+        pytest -m slow --hypothesis-seed=20261201 --hypothesis-show-statistics \\
+        tests/consensus/test_pbft_properties.py -k "long_run and linear"
+    # and the same with -k "long_run and all_to_all" in a second process
 
 The written argument this checks: proofs/pbft-safety.md and proofs/liveness.md.
 """

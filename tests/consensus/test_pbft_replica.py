@@ -22,6 +22,7 @@ from pot_jax.consensus.messages import (
     PrePrepare,
     ViewChange,
     Vote,
+    bundle_parts,
     decode_message,
     encode_message,
     value_digest,
@@ -510,3 +511,34 @@ def test_conflicting_late_votes_still_yield_evidence():
     assert [x.reason for x in r1.drops] == ["late"]
     assert [x.reason for x in r2.drops] == ["equivocation"]
     assert verify_evidence(CHAIN, validators, r2.evidence[0])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "lost"), [(ALL_TO_ALL, "votes"), (LINEAR, "votes"), (LINEAR, "certificate")]
+)
+def test_lost_checkpoint_messages_are_recovered_so_a_full_window_moves_on(pattern, lost):
+    """Found by the long run: every checkpoint vote lost before GST left the window full
+    (no stable checkpoint, so no new sequence numbers) and views changed forever. A
+    replica whose request times out now votes again for its unstable checkpoints, and a
+    peer answering its fetch sends its stable checkpoint certificate (for a lost QC)."""
+    c, net = cluster(4, pattern, checkpoint_interval=2, window=2)
+    for v in (b"a", b"b"):
+        c.submit(v)
+    qc = QuorumCertificate(b"\0" * 96, b"\x0f")
+    prefix = {
+        "votes": encode_message(Vote(CHECKPOINT, 0, 2, b"\0" * 32, 0, b"\0" * 96))[:2],
+        "certificate": encode_message(Cert(CHECKPOINT, 0, 2, b"\0" * 32, qc))[:2],
+    }[lost]
+    while net.in_flight:
+        data = net.in_flight[0][3]
+        if any(p[:2] == prefix for p in bundle_parts(data)):
+            net.drop(0)
+        else:
+            net.deliver(0)
+    behind = [x for x in c.nodes if x.state.stable.seq == 0]
+    assert all(x.state.last_executed == 2 for x in c.nodes) and len(behind) >= 3
+    c.submit(b"c")
+    net.run_fair(stop=lambda: not undecided(c))
+    assert undecided(c) == {}
+    assert all(x.state.stable.seq == 2 for x in c.nodes)
+    assert SafetyChecker(c, MEMO).violations() == []
