@@ -151,6 +151,11 @@ def _hash_cached(backend_name: str, message: bytes, dst: bytes) -> object:
     return _instances[backend_name].hash_to_g2(message, dst)
 
 
+def clear_hash_cache() -> None:
+    """Forget memoised hash_to_G2 results (benchmarks time the uncached cost)."""
+    _hash_cached.cache_clear()
+
+
 def hash_to_g2(backend: BLSBackend, message: bytes, dst: bytes) -> object:
     """hash_to_curve (RFC 9380) into G2, memoised: the votes of one PBFT phase all sign
     the same message, so a replica that signs and checks them hashes it once. The
