@@ -17,8 +17,8 @@ class Config:
     """Figure f4_consensus: messages, simulator wall seconds and virtual latency per
     decision against validators n, for all-to-all and linear (collector) PBFT; log-log
     with least-squares slopes. Real BLS votes and QCs, deterministic simulated network,
-    a stream of ``values`` values one every ``submit_interval`` delays (a steady load,
-    like a training run's rounds). Messages are shown over the whole stream and in
+    a stream of ``values`` values (``all_to_all_values`` for all-to-all) one every
+    ``submit_interval`` delays (a steady load, like a training run's rounds). Messages are shown over the whole stream and in
     steady state (the middle half of the sequence numbers), where linear PBFT with
     chained commit QCs costs exactly 4(n - 1).
 
@@ -33,12 +33,13 @@ class Config:
     patterns: tuple[str, ...] = ("all_to_all", "linear")
     all_to_all_max_n: int = 256
     values: int = 16
+    all_to_all_values: int = 4
     submit_interval: float = 1.0
     seed: int = 0
 
 
 CONFIGS = {
-    "smoke": Config(ns=(4, 8, 16), values=8),
+    "smoke": Config(ns=(4, 8, 16), values=8, all_to_all_values=4),
     "paper": Config(ns=(4, 16, 64, 256, 1024)),
 }
 
@@ -50,6 +51,7 @@ def run(config: Config, data_dir: Path) -> None:
         config.ns,
         config.patterns,
         values=config.values,
+        all_to_all_values=config.all_to_all_values,
         submit_interval=config.submit_interval,
         all_to_all_max_n=config.all_to_all_max_n,
         seed=config.seed,
@@ -61,6 +63,7 @@ def run(config: Config, data_dir: Path) -> None:
                 "pattern": x["pattern"],
                 "n": x["n"],
                 "skipped": x.get("skipped", ""),
+                "values": x.get("values"),
                 "decided": x.get("decided"),
                 "messages_per_decision": x.get("messages_per_decision"),
                 "steady_state_messages_per_decision": x.get("steady_state_messages_per_decision"),

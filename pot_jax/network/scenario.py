@@ -12,7 +12,9 @@ training run's rounds are) and reports messages per decision over the whole
 run (the tail's unpiggybacked QCs and checkpoint included) and in steady
 state (the mean number of messages sent for the middle half of the stream's
 sequence numbers), simulator wall seconds per decision and
-virtual latency. ``values=1`` measures a lone decision. All-to-all runs
+virtual latency. ``values=1`` measures a lone decision; all-to-all streams
+are ``all_to_all_values`` long (nothing is chained there, and each value
+costs ~2n^2 signature-checked votes). All-to-all runs
 above ``all_to_all_max_n`` are returned as an explicit ``skipped`` entry
 with the reason (O(n^2) messages, each a real signature check).
 """
@@ -161,6 +163,7 @@ def run_scenario(config: ScenarioConfig) -> dict:
         "wall_seconds": wall,
         "wall_seconds_per_decision": wall / decided if decided else None,
         "events": net.events,
+        "events_capped": net.events_capped,
         "replica_drops": dict(sorted(cluster.stats.replica_dropped.items())),
         "network_drops": dict(sorted(cluster.stats.network_dropped.items())),
         "evidence": len(cluster.stats.evidence),
@@ -184,6 +187,7 @@ def bench_consensus(
     patterns=(ALL_TO_ALL, LINEAR),
     *,
     values: int = 16,
+    all_to_all_values: int = 4,
     submit_interval: float = 1.0,
     all_to_all_max_n: int = 256,
     shared_verification: bool = True,
@@ -209,7 +213,7 @@ def bench_consensus(
             cfg = ScenarioConfig(
                 n=n,
                 pattern=pattern,
-                values=values,
+                values=all_to_all_values if pattern == ALL_TO_ALL else values,
                 submit_interval=submit_interval,
                 seed=seed,
                 shared_verification=shared_verification,
@@ -220,6 +224,7 @@ def bench_consensus(
                 {
                     "pattern": pattern,
                     "n": n,
+                    "values": cfg.values,
                     "decided": r["decided"],
                     "messages_per_decision": r["messages_per_decision"],
                     "messages_per_decision_over_n": (
@@ -240,7 +245,7 @@ def bench_consensus(
     return {
         "benchmark": "consensus",
         "bls_backend": bls.get_backend().name,
-        "values_per_run": values,
+        "values_per_run": {LINEAR: values, ALL_TO_ALL: all_to_all_values},
         "submit_interval": submit_interval,
         "shared_verification": shared_verification,
         "results": results,

@@ -95,6 +95,7 @@ class TimedNetwork:
         self.queue: list = []
         self.counter = itertools.count()
         self.events = 0
+        self.events_capped = False
         cluster.transport = self
         self.partitions = list(config.partitions) + self._random_partitions()
 
@@ -173,11 +174,17 @@ class TimedNetwork:
         self,
         *,
         until: float = math.inf,
-        max_events: int = 1_000_000,
+        max_events: int | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> None:
-        """Process events in time order until the queue empties, ``until``, or ``stop()``."""
-        while self.queue and self.events < max_events:
+        """Process events in time order until the queue empties, ``until``, ``stop()`` or
+        ``max_events`` events in all (None: no cap); ``events_capped`` tells whether the
+        cap, not the run, ended it."""
+        self.events_capped = False
+        while self.queue:
+            if max_events is not None and self.events >= max_events:
+                self.events_capped = True
+                break
             at, _, action = self.queue[0]
             if at > until:
                 break

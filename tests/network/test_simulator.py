@@ -7,7 +7,13 @@ import pytest
 from pot_jax.consensus.pbft import ALL_TO_ALL, LINEAR
 from pot_jax.network import byzantine
 from pot_jax.network.checker import undecided
-from pot_jax.network.scenario import ScenarioConfig, bench_consensus, make_cluster, run_scenario
+from pot_jax.network.scenario import (
+    ScenarioConfig,
+    bench_consensus,
+    build,
+    make_cluster,
+    run_scenario,
+)
 from pot_jax.network.simulator import Latency, NetworkConfig, Partition, TimedNetwork
 
 MEMO: dict = {}
@@ -156,3 +162,16 @@ def test_bench_consensus_small_and_explicit_skips():
     assert lone["decided"] == 1 and lone["messages_per_decision"] == 5 * 7
     assert rows[(ALL_TO_ALL, 4)]["safety_violations"] == []
     assert out["bls_backend"]
+
+
+def test_an_event_cap_is_reported_never_silent():
+    """Found at n = 256: the old default cap of 10^6 events ended all-to-all runs
+    mid-stream and the bench reported 7 of 16 values decided. No cap by default now;
+    a cap that ends a run says so."""
+    cluster, net, _ = build(ScenarioConfig(n=4, values=1))
+    net.submit_at(0.0, b"v")
+    net.run(max_events=10)
+    assert net.events == 10 and net.events_capped
+    net.run()
+    assert not net.events_capped and not net.queue
+    assert run_scenario(ScenarioConfig(n=4, values=2))["events_capped"] is False
