@@ -91,7 +91,6 @@ from .messages import (
     PrePrepare,
     ViewChange,
     Vote,
-    bundle_parts,
     decode_message,
     encode_message,
     message_kind,
@@ -608,12 +607,12 @@ class _Step:
         outbox = self.t.get("outbox")
         if not outbox:
             return data
-        held = [d for x, d in outbox if x == dest]
-        if not held:
+        mine = [x for x in outbox if x[0] == dest]
+        if not mine:
             return data
-        held = held[-(MAX_BUNDLE_PARTS - 1) :]
-        self.t.set("outbox", tuple(x for x in outbox if x[0] != dest))
-        return encode_message(Bundle((*held, *bundle_parts(data))))
+        carried, rest = mine[: MAX_BUNDLE_PARTS - 1], mine[MAX_BUNDLE_PARTS - 1 :]
+        self.t.set("outbox", tuple(x for x in outbox if x[0] != dest) + tuple(rest))
+        return encode_message(Bundle((*(d for _, d in carried), data)))
 
     def carrier_expected(self) -> bool:
         """A message to the primary, or from it, will soon go out anyway."""

@@ -308,7 +308,7 @@ def garbage(max_bytes: int = 64) -> Strategy:
         elif choice == 2:
             data = b"\x05" + b"\xff" * (node.replica.config.max_message_bytes + 1)
         else:
-            parts = (seen[rng.randrange(len(seen))], junk)
+            parts = (seen[rng.randrange(len(seen))], b"\x09" + junk)  # 9: no message tag
             data = encode_message(Bundle(parts))
             if rng.random() < 0.5:  # a nested bundle: malformed as a whole
                 data = b"\x08\x00\x00\x00\x01" + len(data).to_bytes(4, "big") + data

@@ -169,7 +169,6 @@ class Cluster:
             node.state = initial_state(node.replica)
             node.decisions = []
             node.decision_times = []
-
             return
         self._apply(node, recover(node.replica, durable_state(node.state)))
 
@@ -188,7 +187,6 @@ class Cluster:
         for d in result.decisions:
             node.decisions.append(d)
             node.decision_times.append(self.now())
-
         for drop in result.drops:
             self.stats.replica_dropped[drop.reason] += 1
         self.stats.evidence.extend(result.evidence)
@@ -209,10 +207,11 @@ class Cluster:
 
     def _route(self, node: Node, sends: Sequence[Send]) -> None:
         for s in sends:
-            for part in bundle_parts(s.data):
+            parts = bundle_parts(s.data)  # decoded once: proposals and the carrier's seq
+            for part in parts:
                 if part[:1] == b"\x01":
                     self._record_proposal(part)
-            seq = message_seq(s.data)
+            seq = message_seq(parts[-1])
             for dst in self.destinations(node, s.dest):
                 self.stats.sent[s.kind] += 1
                 self.stats.sent_by_seq[seq] += 1

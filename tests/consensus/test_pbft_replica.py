@@ -542,3 +542,29 @@ def test_lost_checkpoint_messages_are_recovered_so_a_full_window_moves_on(patter
     assert undecided(c) == {}
     assert all(x.state.stable.seq == 2 for x in c.nodes)
     assert SafetyChecker(c, MEMO).violations() == []
+
+
+def test_more_held_messages_than_a_bundle_holds_wait_for_the_next_carrier():
+    """A carrier takes at most MAX_BUNDLE_PARTS - 1 held messages; the rest stay held
+    (none is dropped) until the next carrier or the flush timer."""
+    from pot_jax.consensus.messages import MAX_BUNDLE_PARTS
+
+    sks, validators = simulation_keys(4)
+    cfg = ReplicaConfig(chain_id=CHAIN, validators=validators, pattern=LINEAR)
+    backup = Replica(cfg, 1, sks[1])
+    held = tuple((0, encode_message(Fetch(k))) for k in range(1, MAX_BUNDLE_PARTS + 8))
+    state = dataclasses.replace(initial_state(backup), outbox=held)
+    d = value_digest(b"x")
+    sig = sign_vote(sks[0], vote_message(CHAIN, PREPARE, 0, 1, d))
+    r = step(backup, state, Deliver(0, encode_message(PrePrepare(0, 1, b"x", sig))))
+    (send,) = r.sends
+    parts = bundle_parts(send.data)
+    assert send.dest == 0 and len(parts) == MAX_BUNDLE_PARTS
+    assert parts[:-1] == tuple(data for _, data in held[: MAX_BUNDLE_PARTS - 1])
+    assert decode_message(parts[-1]).kind == PREPARE
+    assert r.state.outbox == held[MAX_BUNDLE_PARTS - 1 :]
+    flushed = step(backup, r.state, TimerExpired("flush", r.state.timers["flush"]))
+    assert [p for s in flushed.sends for p in bundle_parts(s.data)] == [
+        data for _, data in held[MAX_BUNDLE_PARTS - 1 :]
+    ]
+    assert flushed.state.outbox == ()
