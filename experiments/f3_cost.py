@@ -79,6 +79,43 @@ def savings(x: CostInputs) -> float:
     return 1.0 - relative_cost(x)
 
 
+PAPER_SAVINGS = 0.60
+# Inputs that are fractions of one: a break-even is searched for only up to 1.
+_AT_MOST_ONE = frozenset({"pot_utilisation", "dc_utilisation", "throughput_ratio"})
+
+
+def break_even(x: CostInputs, name: str, target: float = PAPER_SAVINGS) -> float | None:
+    """The value of input ``name`` at which ``savings`` equals ``target``, the others held
+    at ``x``; None if no value in (0, 1] (fractions) or (0, 1000 x base] crosses it.
+
+    ``relative_cost`` is monotone in each input, so bisection on that bracket finds
+    the one crossing to 1e-12 relative width.
+    """
+    if name not in {f.name for f in dataclasses.fields(x)}:
+        raise ValueError(f"unknown cost input {name!r}")
+
+    def gap(value: float) -> float:
+        return savings(dataclasses.replace(x, **{name: value})) - target
+
+    lo = 1e-12
+    hi = 1.0 if name in _AT_MOST_ONE else 1000.0 * max(abs(getattr(x, name)), 1.0)
+    g_lo, g_hi = gap(lo), gap(hi)
+    if g_lo == 0.0:
+        return lo
+    if (g_lo > 0) == (g_hi > 0):
+        return None
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        g_mid = gap(mid)
+        if (g_mid > 0) == (g_lo > 0):
+            lo, g_lo = mid, g_mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(hi, 1e-12):
+            break
+    return 0.5 * (lo + hi)
+
+
 @dataclass(frozen=True)
 class Config:
     """Figure f3_cost (paper claim 3, "60% lower computational cost"): savings of PoT

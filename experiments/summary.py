@@ -67,10 +67,37 @@ def _f3(d: Path) -> list[str]:
     if not rows:
         return ["no inputs recorded"]
     measured = [f"{r['parameter']} = {_f(r['value'])}" for r in rows if r["source"] != "assumption"]
-    return [
+    out = [
         f"savings at the base inputs: {_f(rows[0]['savings'])}",
         "measured inputs: " + (", ".join(measured) if measured else "none (all assumptions)"),
     ]
+    tornado = [r for r in read_csv(d / DATA_CSV) if r["kind"] == "tornado"]
+    if tornado:
+        lo = min(tornado, key=lambda r: r["savings"])
+        hi = max(tornado, key=lambda r: r["savings"])
+        out.append(
+            f"tornado range: {_f(lo['savings'], 2)} ({lo['parameter']} = {lo['value']:g}) to "
+            f"{_f(hi['savings'], 2)} ({hi['parameter']} = {hi['value']:g})"
+        )
+    out.append(_f3_break_even(rows))
+    return out
+
+
+def _f3_break_even(inputs: list[dict]) -> str:
+    """Where each recorded input, moved alone, takes the savings to the paper's 60%."""
+    from experiments.f3_cost import PAPER_SAVINGS, SENSITIVITY, CostInputs, break_even
+
+    base = CostInputs(**{r["parameter"]: r["value"] for r in inputs})
+    cells = []
+    for name in SENSITIVITY:
+        value = getattr(base, name)
+        at = break_even(base, name)
+        if at is None:
+            cells.append(f"{name} not in its range (base {value:g})")
+        else:
+            side = "above" if at > value else "below"
+            cells.append(f"{name} {side} {at:.3g} (base {value:.3g})")
+    return f"savings fall below {PAPER_SAVINGS:.0%} when one input alone moves: " + "; ".join(cells)
 
 
 def _f4(d: Path) -> list[str]:

@@ -93,3 +93,25 @@ def test_measured_summary_is_computed_from_every_figures_data(smoke_run):
         section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
         assert "scale **smoke**" in section and "\n- " in section, name
     assert "not run" in summarize(root / "empty")
+
+
+def test_cost_break_even_puts_the_savings_at_the_target_and_none_when_out_of_range():
+    """The break-even values the README quotes for claim 3 solve savings == 60%."""
+    from experiments.f3_cost import PAPER_SAVINGS, SENSITIVITY, CostInputs, break_even, savings
+
+    base = CostInputs(throughput_ratio=0.516, verification_overhead=0.076)
+    found = 0
+    for name in SENSITIVITY:
+        at = break_even(base, name)
+        if at is None:
+            continue
+        found += 1
+        moved = dataclasses.replace(base, **{name: at})
+        assert savings(moved) == pytest.approx(PAPER_SAVINGS, abs=1e-9), name
+    assert found >= 8
+    # Raising the datacenter's utilisation to 1 still leaves these inputs above 60%.
+    assert break_even(base, "dc_utilisation") is None
+    # Capital is the input the claim hinges on: a few cents an hour decide it.
+    assert 0.05 < break_even(base, "pot_capital_hourly_usd") < 0.1
+    with pytest.raises(ValueError, match="unknown cost input 'price'"):
+        break_even(base, "price")
