@@ -27,7 +27,7 @@ class Config:
     virtual latency flat in n (a constant number of network hops); all-to-all above
     ``all_to_all_max_n`` is recorded as skipped, not run.
     Runtime: smoke ~5 s (n = 4..16); paper ~3 min (n = 4..1024; linear 16 values,
-    all-to-all 4; measured 3.4 min with another job on the machine).
+    all-to-all 4; measured 132 s on an idle machine, 3.4 min with another job).
     """
 
     ns: tuple[int, ...]

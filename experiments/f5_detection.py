@@ -23,7 +23,7 @@ class Config:
     Command: ``pot-jax figures --only f5_detection --scale paper``.
     Expected: every measured point within ~2 sigma of its curve; p = 0.1 with 3
     honest of 4 validators catches a 10%-of-rounds cheater within 100 rounds w.p. ~0.52.
-    Runtime: smoke ~1 s; paper ~100 s (measured 99 s).
+    Runtime: smoke ~1 s; paper ~70 s (measured 66 s idle, 99-158 s with another job).
     """
 
     budgets: tuple[float, ...]

@@ -30,8 +30,8 @@ class Config:
     are caught and banned); the plain mean without verification collapses under
     scaling/sign-flip attacks; robust rules survive some attacks and lose accuracy to ALIE.
     Runtime: smoke ~20 s (teacher dataset, 10 rounds, 2 attacks x 5 defenses);
-    paper ~21 min (MNIST-1D, 300 rounds, 4 attacks x 5 defenses x 2 seeds; measured 1234 s
-    with another job on the machine).
+    paper ~21 min (MNIST-1D, 300 rounds, 4 attacks x 5 defenses x 2 seeds; measured 1178 s
+    on an idle machine).
     """
 
     dataset: str

@@ -19,7 +19,7 @@ class Config:
     Expected: QC verification is one G1 sum plus one pairing check, so it grows
     slowly with n (arkworks: a few ms at n = 1024); py_ecc is ~100x slower.
     Runtime: smoke ~3 s (py_ecc at n = 4 only); paper ~15 s (py_ecc to n = 16,
-    arkworks to n = 1024; measured 14 s).
+    arkworks to n = 1024; measured 14-17 s).
     """
 
     sizes: tuple[tuple[str, tuple[int, ...]], ...]  # (backend, committee sizes) pairs

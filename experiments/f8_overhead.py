@@ -23,8 +23,8 @@ class Config:
     Expected: ratio rises towards 1 as the batch grows (per-worker overhead amortised);
     below 1 at small batches; blake3 vs sha256 matters only when hashing dominates.
     Runtime: smoke ~20 s (hidden 16, workers 2, rounds 1, repeats 1, batch 8 only);
-    paper 18-26 min on 2 cores (measured 1059 s and 1547 s, both with another job on the
-    machine; the ratios moved by up to 2x between the two runs).
+    paper ~16 min on 2 idle cores (measured 930 s; 1059 s and 1547 s with another job on
+    the machine; the ratios moved by up to 2x between those runs).
     """
 
     models: tuple[str, ...]
