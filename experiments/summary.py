@@ -41,6 +41,21 @@ def _f1(d: Path) -> list[str]:
             f"{len(ratios)} seeds); verification compute "
             f"{_f(statistics.mean(r['verification_compute_ratio'] for r in by[frac]))}"
         )
+    evals = [r for r in read_jsonl(d / DATA_JSONL) if r["kind"] == "eval"]
+    if evals and all("centralized_wall_seconds" in r for r in evals):
+        from experiments.f1_accuracy import centralized_seconds, pot_seconds
+
+        last = max(r["round"] for r in evals)
+        cells = []
+        for frac in sorted(by):
+            final = [r for r in evals if r["byzantine_fraction"] == frac and r["round"] == last]
+            pot = statistics.mean(pot_seconds(r) for r in final)
+            cen = statistics.mean(centralized_seconds(r) for r in final)
+            cells.append(f"{frac:.0%}: PoT {pot:.1f} s, centralized {cen:.1f} s ({cen / pot:.3f})")
+        out.append(
+            f"wall seconds to round {last} (mean over seeds; centralized / PoT in brackets): "
+            + "; ".join(cells)
+        )
     return out
 
 

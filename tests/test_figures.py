@@ -115,3 +115,15 @@ def test_cost_break_even_puts_the_savings_at_the_target_and_none_when_out_of_ran
     assert 0.05 < break_even(base, "pot_capital_hourly_usd") < 0.1
     with pytest.raises(ValueError, match="unknown cost input 'price'"):
         break_even(base, "price")
+
+
+def test_f1_times_the_centralized_baseline_separately(smoke_run):
+    """f1's wall-time panel needs the baseline's own seconds, inside the run's total."""
+    from experiments.common import read_jsonl
+
+    root, _ = smoke_run
+    evals = [r for r in read_jsonl(root / "f1_accuracy" / DATA_JSONL) if r["kind"] == "eval"]
+    assert evals
+    for r in evals:
+        assert 0.0 < r["centralized_wall_seconds"] < r["wall_seconds"], r
+    assert "wall seconds to round" in (root / "MEASURED.md").read_text()

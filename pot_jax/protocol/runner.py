@@ -266,6 +266,9 @@ class ProtocolRun:
         self.learner, self.params = build_learner(config, self.data)
         self.opt_state = self.learner.optimizer.init(self.params)
         self.params_c, self.opt_state_c = self.params, self.learner.optimizer.init(self.params)
+        # Wall seconds spent in the centralized baseline's steps (batch gather + step,
+        # synchronised), so accuracy can be plotted against each side's own compute time.
+        self.centralized_seconds = 0.0
         self.calibration: dict = {}
         threshold = None
         if config.mode == "tolerance" and scheme is None:
@@ -534,11 +537,14 @@ class ProtocolRun:
         self.counts["max_view"] = max(self.counts["max_view"], view)
 
         # The centralized baseline on the union of the round's batches.
+        t0 = time.perf_counter()
         idx = self.assigner.round_indices(r)
         x_all = self.data.x_train[idx].reshape((-1, *self.data.input_shape))
         self.params_c, self.opt_state_c, _ = self.learner.centralized_step(
             self.params_c, self.opt_state_c, x_all, self.data.y_train[idx].reshape(-1)
         )
+        jax.block_until_ready(self.params_c)
+        self.centralized_seconds += time.perf_counter() - t0
         return {"accepted": len(accepted), "rejected": len(rejected), "view": view}
 
     def _checkpoint_bytes(self) -> bytes:
@@ -608,6 +614,7 @@ class ProtocolRun:
                             "view": info["view"],
                             "virtual_time": self.net.time,
                             "wall_seconds": time.perf_counter() - start,
+                            "centralized_wall_seconds": self.centralized_seconds,
                         }
                     )
                     bar.set_postfix(pot=f"{acc:.3f}", central=f"{acc_c:.3f}")
