@@ -37,7 +37,7 @@ class Config:
     are banned; the README's default run: 0.657 vs 0.650); the gap to "85%" is in
     throughput (f8), not in accuracy.
     Runtime: smoke ~30 s (teacher dataset, 10 rounds); paper ~28 min (MNIST-1D,
-    1500 rounds, 4 fractions x 3 seeds; measured 1680 s in the full run on an idle machine).
+    1500 rounds, 4 fractions x 3 seeds; measured 1680 s and 1748 s on an idle machine).
     """
 
     dataset: str
