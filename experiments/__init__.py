@@ -10,6 +10,7 @@ plots ``NAME.png`` and ``NAME.pdf`` from those files alone. Command line:
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 
 from experiments.common import SCALES, FigureSpec, Timer, write_metadata
@@ -80,10 +81,23 @@ def _seeds(config) -> tuple[int, ...]:
     return (getattr(config, "seed", 0),)
 
 
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target``'s place; the old one is removed only afterwards."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def run_figures(names: list[str] | None, scale: str, out_root: Path) -> dict:
     """Run and plot the named figures (all when ``names`` is None) at ``scale``.
 
-    Each figure owns ``out_root/NAME``: files already there are removed first.
+    Each figure owns ``out_root/NAME``, which is replaced only when the figure has
+    run and plotted without error (until then the previous files stay).
     Afterwards ``out_root/MEASURED.md`` is rewritten from every figure's data
     (``experiments.summary``).
     Returns ``{name: {"scale", "dir", "files", "wall_seconds"}}``. Raises
@@ -106,25 +120,30 @@ def run_figures(names: list[str] | None, scale: str, out_root: Path) -> dict:
         module = load(name)
         config = module.CONFIGS[scale]
         data_dir = out_root / name
-        data_dir.mkdir(parents=True, exist_ok=True)
-        for stale in data_dir.iterdir():  # a previous run's files must not leak into this plot
-            if stale.is_file():
-                stale.unlink()
+        # The figure is made in a fresh staging directory beside its own (so sibling
+        # figures' data stay reachable) and replaces the old files only once run, metadata
+        # and plot have all succeeded: a crash or an exception leaves the previous
+        # figure intact, and no previous file leaks into this plot.
+        staging = out_root / f".{name}.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
         timer = Timer()
-        module.run(config, data_dir)
+        module.run(config, staging)
         write_metadata(
-            data_dir,
+            staging,
             name=name,
             scale=scale,
             config=config,
             seeds=_seeds(config),
             wall_seconds=timer.seconds,
         )
-        files = module.plot(data_dir, data_dir)
+        files = module.plot(staging, staging)
+        _replace_dir(staging, data_dir)
         results[name] = {
             "scale": scale,
             "dir": str(data_dir),
-            "files": [str(p) for p in files],
+            "files": [str(data_dir / Path(p).name) for p in files],
             "wall_seconds": round(timer.seconds, 3),
         }
     from experiments.summary import write_summary

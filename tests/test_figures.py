@@ -127,3 +127,37 @@ def test_f1_times_the_centralized_baseline_separately(smoke_run):
     for r in evals:
         assert 0.0 < r["centralized_wall_seconds"] < r["wall_seconds"], r
     assert "wall seconds to round" in (root / "MEASURED.md").read_text()
+
+
+@pytest.mark.parametrize("fails_in", ["run", "plot"])
+def test_a_failing_figure_leaves_the_previous_files_in_place(tmp_path, monkeypatch, fails_in):
+    """Committed figures survive a crash: the old directory is replaced only on success."""
+    import types
+
+    import experiments
+
+    real = load("f3_cost")
+    run_figures(["f3_cost"], "smoke", tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "f3_cost").iterdir()}
+
+    def broken(stage):
+        def fail(*args):
+            if stage == "run":
+                (args[1] / "data.csv").write_text("half written")
+            raise RuntimeError(f"{stage} failed")
+
+        return fail
+
+    fake = types.SimpleNamespace(
+        CONFIGS=real.CONFIGS,
+        run=broken("run") if fails_in == "run" else real.run,
+        plot=broken("plot") if fails_in == "plot" else real.plot,
+    )
+    monkeypatch.setattr(experiments, "load", lambda name: fake)
+    with pytest.raises(RuntimeError, match=f"{fails_in} failed"):
+        run_figures(["f3_cost"], "smoke", tmp_path)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "f3_cost").iterdir()}
+    assert after == before
+    monkeypatch.setattr(experiments, "load", load)
+    run_figures(["f3_cost"], "smoke", tmp_path)  # the leftover staging dir is no obstacle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MEASURED.md", "f3_cost"]
