@@ -138,9 +138,8 @@ def centralized_seconds(r: dict) -> float:
 
 
 def pot_seconds(r: dict) -> float:
-    """Wall seconds of the PoT run up to this evaluation, without the baseline's steps
-    (data written before the baseline was timed: the whole run's wall time)."""
-    return r["wall_seconds"] - r.get("centralized_wall_seconds", 0.0)
+    """Wall seconds of the PoT run up to this evaluation, without the baseline's steps."""
+    return r["wall_seconds"] - r["centralized_wall_seconds"]
 
 
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
@@ -171,10 +170,7 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                     color,
                 )
             if k == 0:
-                axes = ((ax_r, round_of),)
-                if all("centralized_wall_seconds" in r for r in evals):
-                    axes += ((ax_w, centralized_seconds),)
-                for ax, x in axes:
+                for ax, x in ((ax_r, round_of), (ax_w, centralized_seconds)):
                     _band(
                         ax,
                         [[x(r) for r in run] for run in runs],

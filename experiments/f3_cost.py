@@ -89,7 +89,7 @@ def break_even(x: CostInputs, name: str, target: float = PAPER_SAVINGS) -> float
     at ``x``; None if no value in (0, 1] (fractions) or (0, 1000 x base] crosses it.
 
     ``relative_cost`` is monotone in each input, so bisection on that bracket finds
-    the one crossing to 1e-12 relative width.
+    the one crossing.
     """
     if name not in {f.name for f in dataclasses.fields(x)}:
         raise ValueError(f"unknown cost input {name!r}")
@@ -99,20 +99,15 @@ def break_even(x: CostInputs, name: str, target: float = PAPER_SAVINGS) -> float
 
     lo = 1e-12
     hi = 1.0 if name in _AT_MOST_ONE else 1000.0 * max(abs(getattr(x, name)), 1.0)
-    g_lo, g_hi = gap(lo), gap(hi)
-    if g_lo == 0.0:
-        return lo
-    if (g_lo > 0) == (g_hi > 0):
+    lo_above = gap(lo) > 0
+    if lo_above == (gap(hi) > 0):
         return None
-    for _ in range(200):
+    for _ in range(100):  # halves the bracket to well below float resolution
         mid = 0.5 * (lo + hi)
-        g_mid = gap(mid)
-        if (g_mid > 0) == (g_lo > 0):
-            lo, g_lo = mid, g_mid
+        if (gap(mid) > 0) == lo_above:
+            lo = mid
         else:
             hi = mid
-        if hi - lo <= 1e-12 * max(hi, 1e-12):
-            break
     return 0.5 * (lo + hi)
 
 

@@ -40,7 +40,7 @@ class Config:
 
 
 CONFIGS = {
-    "smoke": Config(ns=(4, 8, 16), values=8, all_to_all_values=4),
+    "smoke": Config(ns=(4, 8, 16), values=8),
     "paper": Config(ns=(4, 16, 64, 256, 1024)),
 }
 
