@@ -20,6 +20,10 @@ def run_and_collect(config_kwargs: dict, *, scheme=None) -> tuple[list[dict], di
     from pot_jax.config import ProtocolConfig
     from pot_jax.protocol import run_protocol
 
+    # Figures are sweeps that must re-run bit for bit from their recorded config,
+    # so they use the named simulation option for keys unless a config says otherwise
+    # (their transcripts are temporary and prove nothing; see pot_jax.protocol.keys).
+    config_kwargs = {"keys": "derived", **config_kwargs}
     with tempfile.TemporaryDirectory(prefix="pot-figure-") as tmp:
         config = ProtocolConfig(**config_kwargs, run_dir=tmp, progress=False)
         summary = run_protocol(config, scheme=scheme)

@@ -41,7 +41,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{s.validator_rewards}, emitted {s.ledger_emitted}, burned {s.ledger_burned}",
                 f"consensus messages          {s.messages}, virtual time {s.virtual_time:.1f}",
                 f"wall time                   {s.wall_seconds:.1f} s",
-                f"run directory               {s.run_dir} (check: pot-jax audit {s.run_dir})",
+                f"genesis                     {s.genesis} (keys: {s.key_source})",
+                f"run directory               {s.run_dir} (check: pot-jax audit {s.run_dir} "
+                f"--genesis {s.genesis})",
             ]
         )
     )
@@ -51,9 +53,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from pot_jax.protocol.audit import audit
 
-    report = audit(args.run_dir, recompute=args.recompute, seed=args.seed)
+    report = audit(
+        args.run_dir,
+        recompute=args.recompute,
+        seed=args.seed,
+        genesis=args.genesis,
+        validators=args.validators,
+        data_dir=args.data_dir,
+    )
     print(report)
-    return 0 if report.ok else 1
+    return report.exit_code
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from pot_jax.protocol.keys import generate_keys, write_key_dir
+
+    keys = generate_keys(args.validators, args.workers, worker_scheme=args.worker_scheme)
+    out = write_key_dir(args.out, keys)
+    print(
+        f"wrote {args.validators} validator and {args.workers} worker secret keys (mode 600) "
+        f"to {out}; publish {out / 'public.json'}; use them with pot-jax train --keys {out}"
+    )
+    return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -248,15 +269,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(baseline, TrainConfig)
     baseline.set_defaults(func=_cmd_baseline)
 
-    au = sub.add_parser("audit", help="verify a run directory's transcript offline")
+    au = sub.add_parser(
+        "audit",
+        help="verify a run directory's transcript offline",
+        epilog="exit codes: 0 passed, 1 invalid or tampered, 2 usage error, 3 unfinished "
+        "(no signed closing record)",
+    )
     au.add_argument("run_dir")
     au.add_argument(
         "--recompute",
         default="none",
         help="re-execute rounds from checkpoints: none, all or sample:FRACTION",
     )
-    au.add_argument("--seed", type=int, default=0, help="which intervals sample: draws")
+    au.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="repeat a sample: draw (default: a fresh seed from the OS, printed)",
+    )
+    au.add_argument(
+        "--genesis", default=None, help="pin the genesis digest (64 hex digits) you trust"
+    )
+    au.add_argument(
+        "--validators",
+        default=None,
+        help="pin the validator set: a public.json from pot-jax keygen, or a JSON list of keys",
+    )
+    au.add_argument(
+        "--data-dir", default=None, help="where the run's dataset files are now, if they moved"
+    )
     au.set_defaults(func=_cmd_audit)
+
+    kg = sub.add_parser(
+        "keygen", help="generate every node's secret key from the OS into a new key directory"
+    )
+    kg.add_argument("out", help="a new directory (mode 700; never inside a run directory)")
+    kg.add_argument("--validators", type=_positive_int, default=4)
+    kg.add_argument("--workers", type=_positive_int, default=16)
+    kg.add_argument("--worker-scheme", default="ed25519", help="ed25519 or bls")
+    kg.set_defaults(func=_cmd_keygen)
 
     sim = sub.add_parser("simulate", help="run one consensus scenario in the simulator")
     sim.add_argument("--n", type=_positive_int, default=4, help="validators")

@@ -11,12 +11,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 PARTITIONS = ("shared", "iid", "dirichlet")
+# Upper bounds that keep a hostile config (or a forged run header) from making
+# a run or an audit allocate for hours before it fails.
+LIMITS = {"num_samples": 2_000_000, "workers": 100_000, "batch_size": 1_000_000}
+MAX_VALIDATORS = 1 << 16
+# Fields that say where things are on this machine (or how to display progress),
+# not what is trained: the signed genesis leaves them out, so the same run made in
+# another directory, with the data or the keys elsewhere, has the same genesis.
+LOCAL_FIELDS = ("run_dir", "progress", "data_dir", "keys")
 
 
 class ConfigError(ValueError):
@@ -66,6 +75,9 @@ class _LearningConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} = {value!r}: expected a positive integer")
+        for name, high in LIMITS.items():
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} = {getattr(self, name)}: at most {high} supported")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ConfigError(
                 f"learning_rate = {self.learning_rate!r}: expected a positive finite number"
@@ -203,6 +215,13 @@ class ProtocolConfig(_LearningConfig):
     )
     checkpoint_every: int = _help("rounds between model checkpoints in the transcript", 100)
     chain_id: str = _help("the run's chain id (signed by workers and validators)", "pot-jax/run")
+    keys: str = _help(
+        "where every node's secret key comes from: 'random' (the operating system; kept in "
+        "memory only), a key directory made by 'pot-jax keygen' (re-runs give identical "
+        "results), or 'derived' (SIMULATION ONLY: secrets derived from the public seed, so "
+        "anyone can forge signatures and predict samples; for bit-identical sweeps)",
+        "random",
+    )
 
     def __post_init__(self):
         self._check_learning()
@@ -210,6 +229,8 @@ class ProtocolConfig(_LearningConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} = {value!r}: expected a positive integer")
+        if self.validators > MAX_VALIDATORS:
+            raise ConfigError(f"validators = {self.validators}: at most {MAX_VALIDATORS}")
         if self.validators < 4:
             raise ConfigError(f"validators = {self.validators}: PBFT needs at least 4")
         if not 0 <= self.byzantine_fraction < 1:
@@ -245,6 +266,23 @@ class ProtocolConfig(_LearningConfig):
             )
         if not self.chain_id or len(self.chain_id.encode()) > 64:
             raise ConfigError(f"chain_id = {self.chain_id!r}: expected 1 to 64 bytes")
+        if not isinstance(self.keys, str) or not self.keys:
+            raise ConfigError(
+                f"keys = {self.keys!r}: expected 'random', 'derived' or a key directory"
+            )
+        if self.key_directory is not None:
+            run_dir = os.path.abspath(self.run_dir)
+            key_dir = os.path.abspath(self.key_directory)
+            if os.path.commonpath([run_dir, key_dir]) in (run_dir, key_dir):
+                raise ConfigError(
+                    f"keys = {self.keys!r} and run_dir = {self.run_dir!r} overlap: secret keys "
+                    "never live inside a run directory, nor a run inside a key directory"
+                )
+
+    @property
+    def key_directory(self) -> str | None:
+        """The key directory ``keys`` names, or None for 'random' and 'derived'."""
+        return None if self.keys in ("random", "derived") else self.keys
 
     @property
     def byzantine_validator_ids(self) -> tuple[int, ...]:

@@ -124,11 +124,36 @@ def test_train_runs_the_protocol_and_audit_accepts_its_run_dir(tmp_path, capsys)
     assert "audit passed" in capsys.readouterr().out
 
 
-def test_audit_of_a_missing_run_dir_fails_with_the_path(tmp_path, capsys):
-    assert main(["audit", str(tmp_path / "nothing")]) == 1
-    assert "does not exist" in capsys.readouterr().out
+def test_audit_of_a_missing_run_dir_is_a_usage_error_with_the_path(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "nothing")]) == 2
+    assert "nothing: no such run directory" in capsys.readouterr().err
     assert main(["audit", str(tmp_path), "--recompute", "some"]) == 2
     assert "--recompute 'some'" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path), "--genesis", "beef"]) == 2
+    assert "--genesis 'beef'" in capsys.readouterr().err
+
+
+def test_keygen_then_train_with_keys_then_a_pinned_audit(tmp_path, capsys):
+    keys = tmp_path / "keys"
+    assert main(["keygen", str(keys), "--validators", "4", "--workers", "8"]) == 0
+    assert "public.json" in capsys.readouterr().out
+    assert main(["keygen", str(keys)]) == 2  # never overwritten
+    assert "never overwritten" in capsys.readouterr().err
+    run = tmp_path / "pot"
+    assert main(["train", *PROTOCOL_TINY, "--keys", str(keys), "--run-dir", str(run)]) == 0
+    genesis = json.loads((run / "config.json").read_text())["genesis_digest"]
+    assert f"--genesis {genesis}" in capsys.readouterr().out
+    pin = ["--genesis", genesis, "--validators", str(keys / "public.json")]
+    assert main(["audit", str(run), *pin]) == 0
+    assert f"trusted genesis {genesis} (pinned by --genesis and --validators)" in (
+        capsys.readouterr().out
+    )
+    assert main(["audit", str(run), "--genesis", "ab" * 32]) == 1
+    (run / "summary.json").unlink()
+    data = (run / "transcript.log").read_bytes()
+    (run / "transcript.log").write_bytes(data[: len(data) // 2])
+    assert main(["audit", str(run)]) == 3
+    assert "UNFINISHED" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

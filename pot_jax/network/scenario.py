@@ -263,12 +263,15 @@ def make_cluster(
     memo: dict | None = None,
     seed: int = 0,
     chain_id: bytes = b"pot-jax/simulation",
+    keys: tuple | None = None,
     **replica_options,
 ) -> Cluster:
-    """A cluster of n validators (plus Twins) with deterministic keys, not yet attached
-    to a transport. ``replica_options`` go to ``ReplicaConfig`` (``quorum_fn`` there is
-    for canary tests only)."""
-    sks, validators = simulation_keys(n)
+    """A cluster of n validators (plus Twins), not yet attached to a transport.
+
+    ``keys`` is ``(secret keys, validator set)``, one secret per replica;
+    default: deterministic simulation keys. ``replica_options`` go to
+    ``ReplicaConfig`` (``quorum_fn`` there is for canary tests only)."""
+    sks, validators = simulation_keys(n) if keys is None else keys
     rc = ReplicaConfig(chain_id=chain_id, validators=validators, pattern=pattern, **replica_options)
     memo = {} if memo is None else memo
     replicas = [Replica(rc, i, sks[i], Verifier(validators, memo)) for i in range(n)]

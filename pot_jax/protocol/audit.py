@@ -1,55 +1,93 @@
-"""Offline audit of a run's transcript: ``pot-jax audit RUN_DIR [--recompute ...]``.
+"""Offline audit of a run directory: ``pot-jax audit RUN_DIR [--genesis HASH] [--recompute ...]``.
 
-From the transcript alone (plus the run's public data, regenerated from the
-config in its header), the auditor checks, round by round:
+Trust anchor. A transcript names its own validator set, so on its own it
+proves only that *some* set of keys signed it. The auditor therefore pins
+the genesis it trusts: ``--genesis HASH`` (the digest the run's operators
+published) or ``--validators FILE`` (their public keys). Without a pin the
+audit still checks everything below, and prints the genesis digest and the
+validator keys it had to trust so a reader can compare them with what was
+published. A genesis made with ``keys = derived`` (simulation keys that
+anyone can recompute) proves nothing against the run's own participants,
+and the audit says so on its first line.
 
-1. framing and checksums of every record (``TranscriptReader``);
-2. the record decodes canonically, for this chain, with consecutive rounds;
-3. the **QC chain**: each record's commit QC verifies against the genesis
-   validator set (registered with proofs of possession) over
-   ``vote_message(chain_id, "commit", view, seq, value_digest(record))``;
-4. the **model-hash chain**: each record's input model hash is the previous
-   record's output hash (the first is the genesis model's);
-5. **fraud proofs**: every rejection that cites one has it in the transcript,
-   signed by the worker's registered key, its gradient hashing to the signed
-   commitment; re-executed rounds also recompute it;
-6. the **ledger**: the auditor replays the rewards rule on what the records
-   say (accepted workers, the previous QC's signers, proven cheaters) and
-   compares with the recorded entries and the record's ledger digest, then
-   checks conservation;
-7. **checkpoints**: each stored model hashes to the record's output hash;
-8. **re-execution** (``--recompute all`` or ``sample:F``): from a checkpoint,
-   recompute every accepted worker's gradient with the canonical function,
-   check it against the signed commitment, aggregate, update, and compare the
-   new model's hash with the record. A mismatch here means the committee
-   accepted a wrong gradient that its sampling missed: the transcript is
-   authentic but the training history is not the honest one.
+What is checked, in order, and the first failure stops the audit:
 
-The audit stops at the first failure and names its round and reason.
+1. the run directory's files are regular files (a FIFO, a device or a
+   symlink to one is refused at once); framing and checksums of every
+   record (``TranscriptReader``);
+2. the header: canonical JSON; its genesis hashes to the digest the genesis
+   QC signs; the genesis QC verifies against the genesis validator set
+   (registered with proofs of possession); the pin, if any; the config is
+   valid and within the limits; ``config.json`` equals the signed header;
+3. the data: the dataset rebuilt from the signed config (``--data-dir``
+   where the files moved) hashes to the genesis's data digest;
+4. the **canonical record order**: HEADER, the genesis CHECKPOINT, then per
+   round ROUND, QC, [CHECKPOINT of the round's input model, FRAUD_PROOF per
+   cited proof in the record's order], LEDGER, [CHECKPOINT of its output:
+   every ``checkpoint_every`` rounds and after the last], and finally one
+   CLOSING record; nothing else, nothing after;
+5. per round: the record decodes canonically, for this chain and this
+   genesis, with consecutive rounds; its commit QC verifies; its input model
+   hash is the previous output hash; every accepted worker trained on
+   ``batch_size`` examples; every **fraud proof** is verified in full (the
+   worker's signature and key, the carried gradient hashing to the signed
+   commitment, and one recomputation from the input checkpoint showing the
+   gradient is wrong); the **ledger** is replayed from the rewards rule and
+   compared with the entries and the record's digest;
+6. checkpoints: each stored model hashes to the record's output hash;
+7. **re-execution** (``--recompute all`` or ``sample:F``, drawn from the
+   operating system's randomness unless ``--seed`` repeats a draw): from a
+   checkpoint, recompute every accepted worker's gradient, check it against
+   the signed commitment, aggregate, update, compare the new model's hash
+   with the record. A mismatch means the committee accepted a wrong
+   gradient its sampling missed;
+8. the **closing record**: its statement names this chain and genesis, the
+   number of rounds, the last output hash and the replayed ledger's state
+   digest, and its QC verifies. A transcript without it is *unfinished*
+   (its own exit code), never passed;
+9. ``summary.json`` and ``metrics.jsonl``: every claim that follows from the
+   transcript (rounds, cheaters caught, fraud proofs, rejections, honest
+   workers slashed, ledger totals, largest view, and the test accuracy
+   re-evaluated from the checkpoints on the signed test data) must match.
+   Claims the transcript cannot support (the centralized baseline, wall
+   time, message counts, ground-truth counts of wrong gradients) are listed
+   as not checked.
+
+proofs/audit.md states what a passed audit guarantees and under which trust
+assumption.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+import math
+import os
 import random
+import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
 
-from pot_jax.config import ProtocolConfig
+from pot_jax.config import LOCAL_FIELDS, ConfigError, ProtocolConfig
 from pot_jax.consensus.messages import value_digest
-from pot_jax.crypto.quorum import verify_qc, vote_message
+from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, verify_qc, vote_message
 from pot_jax.crypto.worker_signatures import worker_message, worker_signature_scheme
 from pot_jax.learning.assignment import BatchAssigner
-from pot_jax.learning.encoding import (
-    EncodingError,
-    decode_pytree,
-    flat_digest,
-    pytree_digest,
-)
+from pot_jax.learning.encoding import EncodingError, decode_pytree, flat_digest, pytree_digest
 from pot_jax.learning.trainer import build_learner, load_for, worker_shards
+from pot_jax.protocol.genesis import (
+    GENESIS_FORMAT,
+    GenesisError,
+    canonical_json,
+    dataset_digest,
+    decode_closing_record,
+    genesis_digest,
+    genesis_vote_message,
+)
 from pot_jax.protocol.ledger import (
     Contribution,
     FraudProofRef,
@@ -69,12 +107,40 @@ from pot_jax.protocol.runner import (
     decode_fraud_record,
     decode_qc_record,
     honest_gradients,
-    load_validator_set,
     make_verification,
 )
 from pot_jax.protocol.transcript import RecordKind, TranscriptError, TranscriptReader
 from pot_jax.verification import RoundContext, Submission
-from pot_jax.verification.fraud_proof import FraudProof, verify_fraud_proof
+from pot_jax.verification.fraud_proof import FraudProof, check_fraud_proof
+
+
+class Status(enum.Enum):
+    PASSED = "passed"
+    FAILED = "FAILED"
+    UNFINISHED = "UNFINISHED"
+
+
+EXIT_CODES = {Status.PASSED: 0, Status.FAILED: 1, Status.UNFINISHED: 3}
+"""``pot-jax audit`` exit codes; 2 is a usage error (no such directory, bad flag)."""
+
+NOT_CHECKED_SUMMARY = (
+    "centralized_accuracy",
+    "accuracy_ratio",
+    "wrong_gradients_checked",
+    "wrong_gradients_caught",
+    "wrong_gradients_accepted_unchecked",
+    "recomputed_gradients",
+    "worker_gradients",
+    "verification_compute_ratio",
+    "messages",
+    "virtual_time",
+    "wall_seconds",
+    "run_dir",
+)
+
+
+class AuditUsageError(ValueError):
+    """The audit cannot start: no such run directory, or a malformed pin."""
 
 
 class AuditFailure(Exception):
@@ -86,24 +152,68 @@ class AuditFailure(Exception):
         self.reason = reason
 
 
+class _Unfinished(Exception):
+    """The transcript ends before its closing record."""
+
+
 @dataclass
 class AuditReport:
-    ok: bool
+    status: Status = Status.PASSED
     rounds: int = 0
     reexecuted: int = 0
     fraud_proofs: int = 0
     checkpoints: int = 0
     first_bad_round: int | None = None
     reason: str = ""
+    genesis: str = ""
+    validators: list[str] = field(default_factory=list)
+    key_source: str = ""
+    pinned: str = ""
+    sample_seed: int | None = None
+    not_checked: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.PASSED
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
     def __str__(self) -> str:
-        head = "audit passed" if self.ok else f"audit FAILED: {self.reason}"
-        body = (
+        if self.status is Status.PASSED:
+            head = "audit passed"
+        elif self.status is Status.UNFINISHED:
+            head = f"audit UNFINISHED (not passed): {self.reason}"
+        else:
+            head = f"audit FAILED: {self.reason}"
+        lines = []
+        if self.key_source == "derived":
+            lines.append(
+                "WARNING: this run used derived (simulation) keys that anyone can recompute "
+                "from its config: its transcript proves nothing against its own participants"
+            )
+        lines.append(head)
+        lines.append(
             f"rounds verified {self.rounds}, re-executed {self.reexecuted}, "
             f"fraud proofs {self.fraud_proofs}, checkpoints {self.checkpoints}"
         )
-        return "\n".join([head, body, *self.notes])
+        if self.genesis:
+            if self.pinned:
+                lines.append(f"trusted genesis {self.genesis} (pinned by {self.pinned})")
+            else:
+                lines.append(
+                    f"trusted genesis {self.genesis} WITHOUT a pin: compare it and the "
+                    "validator keys below with what the run's operators published, or pass "
+                    "--genesis HASH or --validators FILE"
+                )
+                lines.extend(f"  validator {i}: {pk}" for i, pk in enumerate(self.validators))
+        if self.sample_seed is not None:
+            lines.append(f"re-execution sample seed {self.sample_seed} (repeat with --seed)")
+        if self.not_checked:
+            lines.append("not checked: " + ", ".join(self.not_checked))
+        return "\n".join([*lines, *self.notes])
 
 
 def parse_recompute(text: str) -> float:
@@ -119,302 +229,741 @@ def parse_recompute(text: str) -> float:
             fraction = float("nan")
         if 0 < fraction <= 1:
             return fraction
-    raise ValueError(f"--recompute {text!r}: expected none, all or sample:FRACTION with 0 < F <= 1")
+    raise AuditUsageError(
+        f"--recompute {text!r}: expected none, all or sample:FRACTION with 0 < F <= 1"
+    )
+
+
+def load_validator_pin(path: str | Path) -> tuple[str, ...]:
+    """Validator public keys (hex) from a ``public.json`` (``pot-jax keygen``) or a JSON list."""
+    try:
+        obj = json.loads(Path(path).read_text())
+        entries = obj["validators"] if isinstance(obj, dict) else obj
+        keys = tuple(e[0] if isinstance(e, list) else e for e in entries)
+        if not keys or not all(isinstance(k, str) and len(k) == 96 for k in keys):
+            raise ValueError("expected 48-byte public keys in hex")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise AuditUsageError(f"--validators {path}: not a validator key file ({err})") from None
+    return keys
+
+
+def _regular_file(path: Path, what: str) -> os.stat_result | None:
+    """``stat`` of ``path`` if it is a regular file, None if absent; anything else fails."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise AuditFailure(None, f"{what} {path} is not a regular file (a FIFO, device or dir)")
+    return st
+
+
+_MAX_SIDE_FILE = 64 << 20  # config.json, summary.json, metrics.jsonl
+
+
+def _read_json_file(path: Path, what: str):
+    st = _regular_file(path, what)
+    if st is None:
+        return None
+    if st.st_size > _MAX_SIDE_FILE:
+        raise AuditFailure(None, f"{what} {path} is {st.st_size} bytes, more than 64 MiB")
+    return path.read_bytes()
 
 
 @dataclass
 class _Round:
     number: int
     record_bytes: bytes
-    qc: bytes | None = None
-    fraud: list[bytes] = field(default_factory=list)
-    ledger: bytes | None = None
-    checkpoint: bytes | None = None
+    qc: bytes
+    input_checkpoint: bytes | None
+    fraud: list[bytes]
+    ledger: bytes
+    checkpoint: bytes | None
 
 
-def _group(records, reader) -> tuple[dict, bytes | None, list[_Round], list[str]]:
-    """Split the record stream into header, genesis checkpoint and per-round groups."""
-    it = iter(records)
-    notes: list[str] = []
+class _Records:
+    """A cursor over the record stream that enforces the canonical order."""
+
+    def __init__(self, reader: TranscriptReader):
+        self.reader = reader
+        self.it = iter(reader)
+        self.peeked = None
+        self.done = False
+
+    def peek(self):
+        if self.peeked is None and not self.done:
+            try:
+                self.peeked = next(self.it)
+            except StopIteration:
+                self.done = True
+        return self.peeked
+
+    def take(self, kind: RecordKind, round_: int | None, what: str):
+        rec = self.peek()
+        if rec is None:
+            raise _Unfinished(f"the transcript ends where {what} should follow")
+        if rec.kind != kind:
+            raise AuditFailure(
+                round_,
+                f"record seq {rec.seq} is kind {_kind_name(rec.kind)}, the canonical order "
+                f"expects {what} here",
+            )
+        self.peeked = None
+        return rec
+
+
+def _kind_name(kind: int) -> str:
     try:
-        first = next(it)
-    except StopIteration:
-        raise AuditFailure(None, "the transcript holds no records") from None
-    if first.kind != RecordKind.HEADER:
-        raise AuditFailure(None, f"the first record is kind {first.kind}, expected HEADER")
-    try:
-        header = json.loads(first.payload)
-    except ValueError as err:
-        raise AuditFailure(None, f"the header is not JSON: {err}") from None
-    genesis = None
-    rounds: list[_Round] = []
-    for rec in it:
-        kind = rec.kind
-        if kind == RecordKind.CHECKPOINT:
-            data = reader.checkpoint(rec)
-            if not rounds:
-                genesis = data
-            else:
-                rounds[-1].checkpoint = data
-        elif kind == RecordKind.ROUND:
-            rounds.append(_Round(len(rounds), rec.payload))
-        elif not rounds:
-            raise AuditFailure(None, f"record seq {rec.seq} (kind {kind}) comes before any round")
-        elif kind == RecordKind.QC:
-            rounds[-1].qc = rec.payload
-        elif kind == RecordKind.FRAUD_PROOF:
-            rounds[-1].fraud.append(rec.payload)
-        elif kind == RecordKind.LEDGER:
-            rounds[-1].ledger = rec.payload
-        else:
-            raise AuditFailure(len(rounds) - 1, f"record seq {rec.seq} has unknown kind {kind}")
-    if rounds and (rounds[-1].qc is None or rounds[-1].ledger is None):
-        notes.append(
-            f"round {rounds[-1].number} is incomplete at the end of the transcript "
-            "(a crash before its QC and ledger were written); it was never committed to "
-            "the log and is ignored"
-        )
-        rounds.pop()
-    return header, genesis, rounds, notes
+        return RecordKind(kind).name
+    except ValueError:
+        return str(kind)
 
 
 class Auditor:
-    def __init__(self, run_dir: str | Path, *, recompute: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        recompute: float = 0.0,
+        seed: int | None = None,
+        genesis: str | None = None,
+        validators: tuple[str, ...] | None = None,
+        data_dir: str | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.recompute = recompute
         self.seed = seed
+        self.pin_genesis = genesis.lower() if genesis else None
+        self.pin_validators = validators
+        self.data_dir = data_dir
 
     def run(self) -> AuditReport:
-        report = AuditReport(ok=True)
+        if not self.run_dir.is_dir():
+            raise AuditUsageError(f"{self.run_dir}: no such run directory")
+        report = AuditReport()
         try:
             self._audit(report)
+        except _Unfinished as unfinished:
+            report.status = Status.UNFINISHED
+            report.reason = (
+                f"{unfinished}; the run has no signed closing record (interrupted, still "
+                "running, or truncated)"
+            )
+            if (self.run_dir / "summary.json").exists():
+                report.status = Status.FAILED
+                report.reason = (
+                    f"summary.json describes a finished run, but {unfinished} and there is "
+                    "no signed closing record"
+                )
         except AuditFailure as failure:
-            report.ok = False
+            report.status = Status.FAILED
             report.first_bad_round = failure.round
             report.reason = str(failure)
         except TranscriptError as err:
-            report.ok = False
+            report.status = Status.FAILED
             report.reason = f"transcript is corrupt: {err}"
-        except Exception as err:  # an auditor reports bad input, it never crashes on it
-            report.ok = False
-            report.reason = f"audit could not proceed: {type(err).__name__}: {err}"
         return report
+
+    # -- header, pins, config, data ----------------------------------------------------------
+
+    def _header(self, records: _Records, report: AuditReport) -> dict:
+        rec = records.peek()
+        if rec is None:
+            raise _Unfinished("the transcript holds no records")
+        if rec.kind != RecordKind.HEADER:
+            raise AuditFailure(None, f"the first record is kind {_kind_name(rec.kind)}, not HEADER")
+        records.peeked = None
+        try:
+            header = json.loads(rec.payload)
+            genesis = header["genesis"]
+            claimed = bytes.fromhex(header["genesis_digest"])
+            qc = QuorumCertificate.decode(bytes.fromhex(header["genesis_qc"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise AuditFailure(None, f"the header is malformed: {err}") from None
+        if canonical_json(header) != rec.payload:
+            raise AuditFailure(None, "the header is not canonical JSON")
+        if not isinstance(genesis, dict) or genesis.get("format") != GENESIS_FORMAT:
+            raise AuditFailure(None, f"the genesis is not a {GENESIS_FORMAT} object")
+        digest = genesis_digest(genesis)
+        if digest != claimed:
+            raise AuditFailure(None, "the genesis does not hash to the header's genesis digest")
+        report.genesis = digest.hex()
+        report.key_source = str(genesis.get("key_source", ""))
+        try:
+            validator_set = ValidatorSet.from_registrations(
+                [(bytes.fromhex(pk), bytes.fromhex(pop)) for pk, pop in genesis["validators"]]
+            )
+            chain_id = bytes.fromhex(genesis["chain_id"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise AuditFailure(None, f"the genesis validator set is invalid: {err}") from None
+        report.validators = [pk.hex() for pk in validator_set.public_keys]
+        if self.pin_genesis is not None:
+            if self.pin_genesis != digest.hex():
+                raise AuditFailure(
+                    None, f"the run's genesis is {digest.hex()}, you pinned {self.pin_genesis}"
+                )
+            report.pinned = "--genesis"
+        if self.pin_validators is not None:
+            if tuple(report.validators) != tuple(self.pin_validators):
+                raise AuditFailure(
+                    None, "the run's validator set is not the one in the pinned --validators file"
+                )
+            report.pinned = report.pinned + " and --validators" if report.pinned else "--validators"
+        if not verify_qc(validator_set, genesis_vote_message(chain_id, digest), qc):
+            raise AuditFailure(None, "the genesis QC does not verify against its validator set")
+        if report.key_source == "derived":
+            report.notes.append(
+                "key source 'derived': every secret key follows from the public config, so "
+                "anyone could have signed every QC, fraud proof and worker message above"
+            )
+        # config.json must be the signed header, byte for byte after parsing.
+        raw = _read_json_file(self.run_dir / "config.json", "config.json")
+        if raw is None:
+            report.notes.append("config.json is absent; the signed header was used")
+        else:
+            try:
+                on_disk = json.loads(raw)
+            except ValueError as err:
+                raise AuditFailure(None, f"config.json is not JSON: {err}") from None
+            if on_disk != header:
+                fields = sorted(
+                    k
+                    for k in set(on_disk) | set(header)
+                    if not isinstance(on_disk, dict) or on_disk.get(k) != header.get(k)
+                )
+                raise AuditFailure(None, f"config.json differs from the signed header in {fields}")
+        self.validator_set, self.chain_id, self.genesis_hash = validator_set, chain_id, digest
+        metadata = header.get("metadata")
+        local = metadata.get("local") if isinstance(metadata, dict) else None
+        self.data_dir_hint = local.get("data_dir") if isinstance(local, dict) else None
+        return genesis
+
+    def _config(self, genesis: dict) -> ProtocolConfig:
+        try:
+            raw = dict(genesis["config"])
+            unsigned = sorted(set(raw) & set(LOCAL_FIELDS))
+            if unsigned:
+                raise AuditFailure(None, f"the genesis signs local fields {unsigned}")
+            # Where the data are is not signed (their digest is): --data-dir, else the
+            # writer's unsigned hint.
+            raw["data_dir"] = self.data_dir if self.data_dir is not None else self.data_dir_hint
+            config = ProtocolConfig(**_config_fields(raw))
+        except (ConfigError, KeyError, TypeError, ValueError) as err:
+            raise AuditFailure(None, f"the signed config is invalid: {err}") from None
+        if self.chain_id != config.chain_id.encode():
+            raise AuditFailure(None, "the genesis chain id differs from its config's")
+        if len(genesis.get("worker_keys", ())) != config.workers:
+            raise AuditFailure(
+                None,
+                f"the genesis registers {len(genesis.get('worker_keys', ()))} worker keys for "
+                f"{config.workers} workers",
+            )
+        if self.validator_set.n != config.validators:
+            raise AuditFailure(
+                None,
+                f"the genesis registers {self.validator_set.n} validators, its config says "
+                f"{config.validators}",
+            )
+        return config
+
+    # -- the audit ---------------------------------------------------------------------------
 
     def _audit(self, report: AuditReport) -> None:
         path = self.run_dir / TRANSCRIPT_NAME
-        if not path.exists():
-            raise AuditFailure(None, f"{path} does not exist")
+        if _regular_file(path, "transcript") is None:
+            raise _Unfinished(f"{path} does not exist")
         reader = TranscriptReader(path, allow_torn_tail=True)
-        header, genesis_ckpt, rounds, notes = _group(reader, reader)
-        report.notes.extend(notes)
+        records = _Records(reader)
+        genesis = self._header(records, report)
+        config = self._config(genesis)
         try:
-            config = ProtocolConfig(**_config_fields(header["config"]))
-            validator_set = load_validator_set(header)
-            chain_id = bytes.fromhex(header["chain_id"])
-            worker_keys = tuple(bytes.fromhex(k) for k in header["worker_keys"])
-            genesis_hash = bytes.fromhex(header["genesis_params_hash"])
+            worker_keys = tuple(bytes.fromhex(k) for k in genesis["worker_keys"])
+            genesis_params = bytes.fromhex(genesis["genesis_params_hash"])
             ledger = Ledger.genesis(
-                LedgerConfig(**header["ledger_config"]),
+                LedgerConfig(**genesis["ledger_config"]),
                 n_workers=config.workers,
                 n_validators=config.validators,
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise AuditFailure(None, f"the header is invalid: {err}") from None
-        if chain_id != config.chain_id.encode():
-            raise AuditFailure(None, "the header's chain id differs from its config's")
-        signatures = worker_signature_scheme(header.get("worker_signature_scheme", "ed25519"))
+            signatures = worker_signature_scheme(genesis["worker_signature_scheme"])
+            threshold = genesis.get("tolerance_threshold") or None
+            self._byzantine = [int(w) for w in genesis["byzantine_workers"]]
+        except (KeyError, TypeError, ValueError, LedgerError) as err:
+            raise AuditFailure(None, f"the genesis is invalid: {err}") from None
 
-        # Public data and the canonical functions, rebuilt from the config.
-        data = load_for(config)
+        # Public data and the canonical functions, rebuilt from the signed config.
+        try:
+            data = load_for(config)
+        except (OSError, ValueError) as err:
+            raise AuditFailure(
+                None, f"the run's data cannot be loaded ({err}); pass --data-dir DIR"
+            ) from None
+        if dataset_digest(data) != genesis.get("data_digest"):
+            raise AuditFailure(None, "the data differ from the digest the genesis signed")
         assigner = BatchAssigner(config.seed, worker_shards(config, data), config.batch_size)
         learner, params0 = build_learner(config, data)
-        scheme = make_verification(config, header.get("tolerance_threshold") or None)
+        scheme = make_verification(config, threshold)
+        if scheme.label != genesis.get("verification"):
+            raise AuditFailure(
+                None, "the genesis names another verification scheme than its config"
+            )
         server = AggregationServer(learner, scheme.aggregation)
         like = {"opt_state": learner.optimizer.init(params0), "params": params0}
-        if genesis_ckpt is None:
-            raise AuditFailure(None, "the genesis checkpoint is missing")
-        state = self._load_checkpoint(genesis_ckpt, like, None)
-        if pytree_digest(state["params"], learner.spec) != genesis_hash:
+        env = _Env(config, learner, assigner, data, server, scheme, like, worker_keys, signatures)
+
+        genesis_ckpt = self._checkpoint(records, reader, None, "the genesis CHECKPOINT")
+        state = env.load(genesis_ckpt, None)
+        if env.digest(state["params"]) != genesis_params:
             raise AuditFailure(None, "the genesis checkpoint is not the genesis model")
 
-        rng = random.Random(self.seed)
-        replay = self.recompute >= 1.0 or (self.recompute > 0 and rng.random() < self.recompute)
-        prev_hash, prev_signers = genesis_hash, ()
-        for rnd in rounds:
-            r = rnd.number
-            try:
-                record = RoundRecord.decode(rnd.record_bytes)
-            except RecordError as err:
-                raise AuditFailure(r, f"the round record is malformed: {err}") from None
-            if record.round != r or record.chain_id != chain_id:
-                raise AuditFailure(
-                    r, f"record is for round {record.round} of chain {record.chain_id!r}"
-                )
-            if rnd.qc is None:
-                raise AuditFailure(r, "the round has no commit QC record")
-            if rnd.ledger is None:
-                raise AuditFailure(r, "the round has no ledger record")
-            # QC chain.
-            try:
-                view, seq, qc = decode_qc_record(rnd.qc)
-            except ValueError as err:
-                raise AuditFailure(r, f"the commit QC is malformed: {err}") from None
-            message = vote_message(chain_id, "commit", view, seq, value_digest(rnd.record_bytes))
-            if seq != r + 1 or not verify_qc(validator_set, message, qc):
-                raise AuditFailure(
-                    r, "the commit QC does not verify against the genesis validator set"
-                )
-            # Model-hash chain.
-            if record.params_hash != prev_hash:
-                raise AuditFailure(r, "the record's input model hash is not the previous output")
-            # Fraud proofs.
-            proofs = self._fraud_proofs(
-                r, rnd, record, chain_id, worker_keys, signatures, config.validators
+        if self.recompute > 0 and self.recompute < 1:
+            self.seed = secrets.randbits(63) if self.seed is None else self.seed
+            report.sample_seed = self.seed
+        rng = _Draw(self.recompute, self.seed)
+        replay = rng.draw()
+        prev_hash, prev_signers = genesis_params, ()
+        self.facts = _Facts()
+        accuracy_at = {0: state["params"]}
+        r = 0
+        while True:
+            rec = records.peek()
+            if rec is None:
+                if reader.torn_tail is not None:
+                    raise _Unfinished(
+                        f"the transcript ends in a torn record after round {r - 1} "
+                        f"({reader.torn_tail.reason}; a crash mid-write)"
+                    )
+                raise _Unfinished(f"the transcript ends after round {r - 1}")
+            if rec.kind == RecordKind.CLOSING:
+                break
+            rnd = self._round_group(records, reader, r, config, report)
+            record, proofs, ledger, qc = self._check_round(
+                rnd, config, env, ledger, prev_hash, prev_signers, report
             )
+            if proofs:
+                input_state = env.load(rnd.input_checkpoint, r)
+                if env.digest(input_state["params"]) != record.params_hash:
+                    raise AuditFailure(r, "the checkpoint before the fraud proofs is not theta_r")
+                for _, proof in proofs:
+                    env.check_proof(r, proof, input_state["params"])
+                    self.facts.caught.append(proof.worker)
             report.fraud_proofs += len(proofs)
-            # Ledger.
-            rewards = RoundRewards(
-                r,
-                tuple(Contribution(a.worker, a.examples) for a in record.accepted),
-                prev_signers,
-                tuple(FraudProofRef(v, p.worker) for v, p in proofs),
-            )
-            try:
-                ledger = ledger.apply_round(rewards)
-            except LedgerError as err:
-                raise AuditFailure(r, f"the ledger rejects the round: {err}") from None
-            expected_entries = ledger.round_entries(r)
-            try:
-                recorded = decode_entries(rnd.ledger)
-            except (LedgerError, ValueError) as err:
-                raise AuditFailure(r, f"the ledger entries are malformed: {err}") from None
-            if encode_entries(recorded) != encode_entries(expected_entries):
-                raise AuditFailure(r, "the recorded ledger entries differ from the rewards rule")
-            if entries_digest(recorded) != record.ledger_digest:
-                raise AuditFailure(r, "the record's ledger digest does not match its entries")
-            # Re-execution.
             if replay:
-                self._reexecute(
-                    r, record, state, learner, assigner, data, server, scheme, proofs, config
-                )
+                env.reexecute(r, record, state, proofs)
                 report.reexecuted += 1
-            # Checkpoint.
             if rnd.checkpoint is not None:
-                loaded = self._load_checkpoint(rnd.checkpoint, like, r)
-                if pytree_digest(loaded["params"], learner.spec) != record.new_params_hash:
+                loaded = env.load(rnd.checkpoint, r)
+                if env.digest(loaded["params"]) != record.new_params_hash:
                     raise AuditFailure(
                         r, "the checkpoint after this round is not the record's output model"
                     )
                 report.checkpoints += 1
-                if replay and pytree_digest(state["params"], learner.spec) != (
-                    record.new_params_hash
-                ):
+                if replay and env.digest(state["params"]) != record.new_params_hash:
                     raise AuditFailure(r, "re-execution diverged from the checkpoint")
                 state = loaded
-                replay = self.recompute >= 1.0 or (
-                    self.recompute > 0 and rng.random() < self.recompute
-                )
+                accuracy_at[r + 1] = loaded["params"]
+                replay = rng.draw()
             prev_hash, prev_signers = record.new_params_hash, qc.signer_indices()
             report.rounds += 1
+            r += 1
         if not check_conservation(ledger):
             raise AuditFailure(None, "the ledger does not conserve value")
-        if self.recompute > 0 and report.reexecuted == 0 and rounds:
-            report.notes.append("no checkpoint interval was drawn for re-execution")
+        self._closing(records, reader, r, prev_hash, ledger, accuracy_at)
+        if self.recompute > 0 and report.reexecuted == 0 and report.rounds:
+            report.status = Status.FAILED
+            report.reason = (
+                "0 rounds were re-executed (no checkpoint interval was drawn); re-execution "
+                "was asked for and did not happen: use --recompute all or a larger fraction"
+            )
+            return
+        self._side_files(report, config, data, learner, ledger, accuracy_at)
 
-    def _load_checkpoint(self, data: bytes, like, r):
+    def _checkpoint(self, records, reader, r, what):
+        rec = records.take(RecordKind.CHECKPOINT, r, what)
+        return reader.checkpoint(rec)
+
+    def _round_group(self, records, reader, r, config, report) -> _Round:
+        round_rec = records.take(RecordKind.ROUND, r, f"round {r}'s ROUND record")
         try:
-            return decode_pytree(data, like)
-        except EncodingError as err:
-            raise AuditFailure(r, f"the checkpoint does not decode: {err}") from None
+            record = RoundRecord.decode(round_rec.payload)
+        except RecordError as err:
+            raise AuditFailure(r, f"the round record is malformed: {err}") from None
+        qc = records.take(RecordKind.QC, r, f"round {r}'s QC").payload
+        cited = [x for x in record.rejected if x.fraud_proof_digest]
+        input_ckpt, fraud = None, []
+        if cited:
+            input_ckpt = self._checkpoint(
+                records,
+                reader,
+                r,
+                f"the CHECKPOINT of round {r}'s input model (it cites {len(cited)} fraud proofs)",
+            )
+            for x in cited:
+                fraud.append(
+                    records.take(
+                        RecordKind.FRAUD_PROOF, r, f"the FRAUD_PROOF against worker {x.worker}"
+                    ).payload
+                )
+        ledger = records.take(RecordKind.LEDGER, r, f"round {r}'s LEDGER record").payload
+        checkpoint = None
+        due = (r + 1) % config.checkpoint_every == 0
+        nxt = records.peek()
+        if due:
+            checkpoint = self._checkpoint(records, reader, r, f"round {r}'s output CHECKPOINT")
+        elif nxt is not None and nxt.kind == RecordKind.CHECKPOINT:
+            # Only the final checkpoint may sit off the interval, and a closing record follows it.
+            rec = records.take(RecordKind.CHECKPOINT, r, "a CHECKPOINT")
+            after = records.peek()
+            if after is not None and after.kind != RecordKind.CLOSING:
+                raise AuditFailure(
+                    r,
+                    f"record seq {rec.seq}: a CHECKPOINT off the checkpoint interval that is "
+                    "not the final one",
+                )
+            checkpoint = reader.checkpoint(rec)
+        return _Round(r, round_rec.payload, qc, input_ckpt, fraud, ledger, checkpoint)
 
-    def _fraud_proofs(self, r, rnd, record, chain_id, worker_keys, signatures, n_validators):
-        by_digest = {}
-        for payload in rnd.fraud:
+    def _check_round(self, rnd, config, env, ledger, prev_hash, prev_signers, report):
+        r = rnd.number
+        record = RoundRecord.decode(rnd.record_bytes)
+        if (record.round, record.chain_id, record.genesis) != (r, self.chain_id, self.genesis_hash):
+            raise AuditFailure(
+                r,
+                f"record is for round {record.round} of chain {record.chain_id!r} and genesis "
+                f"{record.genesis.hex()[:16]}..., not this run's",
+            )
+        try:
+            view, seq, qc = decode_qc_record(rnd.qc)
+        except ValueError as err:
+            raise AuditFailure(r, f"the commit QC is malformed: {err}") from None
+        message = vote_message(self.chain_id, "commit", view, seq, value_digest(rnd.record_bytes))
+        if seq != r + 1 or not verify_qc(self.validator_set, message, qc):
+            raise AuditFailure(r, "the commit QC does not verify against the genesis validator set")
+        self.facts.max_view = max(self.facts.max_view, view)
+        if record.params_hash != prev_hash:
+            raise AuditFailure(r, "the record's input model hash is not the previous output")
+        for a in record.accepted:
+            if a.worker >= config.workers:
+                raise AuditFailure(r, f"accepted worker {a.worker} is not registered")
+            if a.examples != config.batch_size:
+                raise AuditFailure(
+                    r,
+                    f"accepted worker {a.worker} claims {a.examples} examples, the batch size "
+                    f"is {config.batch_size}",
+                )
+        banned_before = set(self.facts.caught)
+        for x in record.rejected:
+            if x.worker >= config.workers:
+                raise AuditFailure(r, f"rejected worker {x.worker} is not registered")
+            if x.worker not in banned_before:
+                self.facts.rejected += 1
+        proofs = self._fraud_proofs(r, rnd, record, env)
+        rewards = RoundRewards(
+            r,
+            tuple(Contribution(a.worker, a.examples) for a in record.accepted),
+            prev_signers,
+            tuple(FraudProofRef(v, p.worker) for v, p in proofs),
+        )
+        try:
+            ledger = ledger.apply_round(rewards)
+        except LedgerError as err:
+            raise AuditFailure(r, f"the ledger rejects the round: {err}") from None
+        try:
+            recorded = decode_entries(rnd.ledger)
+        except (LedgerError, ValueError) as err:
+            raise AuditFailure(r, f"the ledger entries are malformed: {err}") from None
+        if encode_entries(recorded) != encode_entries(ledger.round_entries(r)):
+            raise AuditFailure(r, "the recorded ledger entries differ from the rewards rule")
+        if entries_digest(recorded) != record.ledger_digest:
+            raise AuditFailure(r, "the record's ledger digest does not match its entries")
+        return record, proofs, ledger, qc
+
+    def _fraud_proofs(self, r, rnd, record, env):
+        cited = [x for x in record.rejected if x.fraud_proof_digest]
+        proofs = []
+        for rejection, payload in zip(cited, rnd.fraud, strict=True):
             try:
                 prover, proof_bytes = decode_fraud_record(payload)
                 proof = FraudProof.decode(proof_bytes)
             except ValueError as err:
                 raise AuditFailure(r, f"a fraud proof is malformed: {err}") from None
-            by_digest[hashlib.sha256(proof_bytes).digest()] = (prover, proof)
-        cited = [x for x in record.rejected if x.fraud_proof_digest]
-        if len(cited) != len(by_digest):
-            raise AuditFailure(
-                r,
-                f"the record cites {len(cited)} fraud proofs, the transcript holds {len(by_digest)}",
-            )
-        proofs = []
-        for rejection in cited:
-            found = by_digest.get(rejection.fraud_proof_digest)
-            if found is None:
-                raise AuditFailure(r, f"worker {rejection.worker}'s fraud proof is missing")
-            prover, proof = found
             w = rejection.worker
-            message = worker_message(chain_id, r, w, proof.commitment)
+            if hashlib.sha256(proof_bytes).digest() != rejection.fraud_proof_digest:
+                raise AuditFailure(r, f"the FRAUD_PROOF record is not the one cited for worker {w}")
+            message = worker_message(self.chain_id, r, w, proof.commitment)
             if (
                 proof.worker != w
                 or proof.round != r
-                or w >= len(worker_keys)
-                or proof.public_key != worker_keys[w]
-                or not signatures.verify(worker_keys[w], message, proof.signature)
+                or proof.public_key != env.worker_keys[w]
+                or not env.signatures.verify(env.worker_keys[w], message, proof.signature)
             ):
                 raise AuditFailure(r, f"worker {w}'s fraud proof is not signed by worker {w}")
-            if prover >= n_validators:
+            if prover >= self.validator_set.n:
                 raise AuditFailure(
                     r, f"worker {w}'s fraud proof names prover {prover}, not a validator"
                 )
             proofs.append((prover, proof))
         return proofs
 
-    def _reexecute(self, r, record, state, learner, assigner, data, server, scheme, proofs, cfg):
-        params = state["params"]
-        if pytree_digest(params, learner.spec) != record.params_hash:
-            raise AuditFailure(r, "re-execution starts from another model than the record's")
+    def _closing(self, records, reader, rounds, final_hash, ledger, accuracy_at):
+        rec = records.take(RecordKind.CLOSING, None, "the CLOSING record")
+        try:
+            closing, qc = decode_closing_record(rec.payload)
+        except GenesisError as err:
+            raise AuditFailure(None, f"the closing record is malformed: {err}") from None
+        expected = (self.chain_id, self.genesis_hash, rounds, final_hash, ledger.ledger_digest())
+        got = (
+            closing.chain_id,
+            closing.genesis,
+            closing.rounds,
+            closing.final_params_hash,
+            closing.ledger_digest,
+        )
+        if got != expected:
+            names = ("chain id", "genesis", "rounds", "final model hash", "ledger digest")
+            bad = [n for n, a, b in zip(names, got, expected, strict=True) if a != b]
+            raise AuditFailure(None, f"the closing record disagrees with the transcript: {bad}")
+        if not verify_qc(self.validator_set, closing.vote_message(), qc):
+            raise AuditFailure(None, "the closing record's QC does not verify")
+        if rounds not in accuracy_at:
+            raise AuditFailure(None, "the final model has no checkpoint before the closing record")
+        extra = records.peek()
+        if extra is not None:
+            raise AuditFailure(None, f"record seq {extra.seq} follows the closing record")
+        if reader.torn_tail is not None:
+            raise AuditFailure(
+                None,
+                f"{reader.torn_tail.length} bytes follow the closing record "
+                f"({reader.torn_tail.reason})",
+            )
 
+    def _side_files(self, report, config, data, learner, ledger, accuracy_at):
+        """summary.json and metrics.jsonl: every claim the transcript supports must hold."""
+        x_test, y_test = data.x_test, data.y_test
+        accuracy_cache: dict[int, float] = {}
+
+        def accuracy(round_: int) -> float:
+            if round_ not in accuracy_cache:
+                accuracy_cache[round_] = learner.accuracy(accuracy_at[round_], x_test, y_test)
+            return accuracy_cache[round_]
+
+        raw = _read_json_file(self.run_dir / "summary.json", "summary.json")
+        facts = self.facts
+        if raw is None:
+            report.notes.append("summary.json is absent: no summary claims to check")
+        else:
+            try:
+                summary = json.loads(raw)
+                if not isinstance(summary, dict):
+                    raise ValueError("not an object")
+            except ValueError as err:
+                raise AuditFailure(None, f"summary.json is not a JSON object: {err}") from None
+            workers = sum(ledger.balance(f"worker:{i}") for i in range(config.workers))
+            validators = sum(ledger.balance(f"validator:{i}") for i in range(config.validators))
+            byzantine = set(self._byzantine)
+            expected = {
+                "rounds_committed": report.rounds,
+                "cheaters_caught": sorted(facts.caught),
+                "fraud_proofs": report.fraud_proofs,
+                "rejected_gradients": facts.rejected,
+                "honest_workers_slashed": len(set(facts.caught) - byzantine),
+                "byzantine_workers": sorted(byzantine),
+                "max_view": facts.max_view,
+                "ledger_emitted": ledger.total_emitted,
+                "ledger_burned": ledger.total_burned,
+                "worker_rewards": workers,
+                "validator_rewards": validators,
+                "seed": config.seed,
+                "genesis": report.genesis,
+                "key_source": report.key_source,
+            }
+            for key, value in expected.items():
+                if key not in summary:
+                    raise AuditFailure(None, f"summary.json lacks {key}")
+                if summary[key] != value:
+                    raise AuditFailure(
+                        None,
+                        f"summary.json claims {key} = {summary[key]!r}, the transcript gives "
+                        f"{value!r}",
+                    )
+            claimed = summary.get("pot_accuracy")
+            actual = accuracy(report.rounds)
+            if not isinstance(claimed, float | int) or not math.isclose(
+                claimed, actual, abs_tol=0.5 / len(y_test)
+            ):
+                raise AuditFailure(
+                    None,
+                    f"summary.json claims pot_accuracy = {claimed!r}, the final checkpoint "
+                    f"scores {actual:.4f} on the signed test data",
+                )
+            known = {*expected, "pot_accuracy", "rejections_by_reason", *NOT_CHECKED_SUMMARY}
+            unknown = sorted(set(summary) - known)
+            report.not_checked.extend(f"summary.{k}" for k in NOT_CHECKED_SUMMARY if k in summary)
+            report.not_checked.append("summary.rejections_by_reason (free text)")
+            report.not_checked.extend(f"summary.{k} (unknown field)" for k in unknown)
+        raw = _read_json_file(self.run_dir / "metrics.jsonl", "metrics.jsonl")
+        if raw is None:
+            return
+        checked = unchecked = 0
+        for n, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                round_ = row["round"]
+                acc = row["pot_test_accuracy"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise AuditFailure(None, f"metrics.jsonl line {n} is malformed: {err}") from None
+            if not isinstance(round_, int) or not 0 < round_ <= report.rounds:
+                raise AuditFailure(None, f"metrics.jsonl line {n} is about round {round_!r}")
+            if round_ not in accuracy_at:
+                unchecked += 1
+                continue
+            if not isinstance(acc, float | int) or not math.isclose(
+                acc, accuracy(round_), abs_tol=0.5 / len(y_test)
+            ):
+                raise AuditFailure(
+                    None,
+                    f"metrics.jsonl line {n} claims pot_test_accuracy {acc!r} after round "
+                    f"{round_}, the checkpoint scores {accuracy(round_):.4f}",
+                )
+            checked += 1
+        report.notes.append(
+            f"metrics.jsonl: test accuracy of {checked} rows re-evaluated from checkpoints; "
+            f"{unchecked} rows fall between checkpoints and were not checked"
+        )
+        if unchecked:
+            report.not_checked.append("metrics rows between checkpoints")
+        report.not_checked.append("metrics: centralized accuracy, wall and virtual time")
+
+
+@dataclass
+class _Facts:
+    """What the transcript says, accumulated for the summary check."""
+
+    caught: list[int] = field(default_factory=list)
+    rejected: int = 0
+    max_view: int = 0
+
+
+class _Draw:
+    """Which checkpoint intervals are re-executed."""
+
+    def __init__(self, fraction: float, seed: int | None):
+        self.fraction = fraction
+        self.rng = random.Random(seed)
+
+    def draw(self) -> bool:
+        return self.fraction >= 1.0 or (self.fraction > 0 and self.rng.random() < self.fraction)
+
+
+@dataclass
+class _Env:
+    """The run's public inputs and canonical functions, rebuilt from the signed config."""
+
+    config: ProtocolConfig
+    learner: object
+    assigner: BatchAssigner
+    data: object
+    server: AggregationServer
+    scheme: object
+    like: dict
+    worker_keys: tuple[bytes, ...]
+    signatures: object
+
+    def digest(self, params) -> bytes:
+        return pytree_digest(params, self.learner.spec)
+
+    def load(self, data: bytes, r):
+        try:
+            return decode_pytree(data, self.like)
+        except EncodingError as err:
+            raise AuditFailure(r, f"the checkpoint does not decode: {err}") from None
+
+    def context(self, r: int, params) -> RoundContext:
         def batch_of(worker: int):
-            idx = assigner.indices(r, worker)
-            return data.x_train[idx], data.y_train[idx]
+            idx = self.assigner.indices(r, worker)
+            return self.data.x_train[idx], self.data.y_train[idx]
 
-        submissions = {}
+        return RoundContext(
+            chain_id=self.config.chain_id.encode(),
+            round=r,
+            params=params,
+            learner=self.learner,
+            batch_of=batch_of,
+            n_workers=self.config.workers,
+            signature_scheme=self.signatures,
+            worker_public_keys=self.worker_keys,
+        )
+
+    def check_proof(self, r: int, proof: FraudProof, params) -> None:
+        ok, why = check_fraud_proof(
+            proof,
+            self.context(r, params),
+            mode=self.scheme.mode,
+            threshold=self.scheme.threshold,
+        )
+        if not ok:
+            raise AuditFailure(r, f"the fraud proof against worker {proof.worker} is false: {why}")
+
+    def reexecute(self, r, record, state, proofs) -> None:
+        params = state["params"]
+        if self.digest(params) != record.params_hash:
+            raise AuditFailure(r, "re-execution starts from another model than the record's")
+        ctx = self.context(r, params)
         accepted = [a.worker for a in record.accepted]
         # Re-run the honest workers' own program (in tolerance mode, their "platform").
-        rows = honest_gradients(learner, params, batch_of, cfg.workers, accepted, cfg.mode)
+        rows = honest_gradients(
+            self.learner, params, ctx.batch_of, self.config.workers, accepted, self.config.mode
+        )
+        submissions = {}
         for a in record.accepted:
             g = rows[a.worker]
-            if flat_digest(learner.header, g) != a.commitment:
+            if flat_digest(self.learner.header, g) != a.commitment:
                 raise AuditFailure(
                     r,
                     f"accepted worker {a.worker}'s signed commitment does not match its "
                     "recomputed gradient: the committee accepted a wrong gradient",
                 )
             submissions[a.worker] = Submission(a.worker, g, a.commitment, b"", b"")
-        ctx = RoundContext(
-            chain_id=record.chain_id,
-            round=r,
-            params=params,
-            learner=learner,
-            batch_of=batch_of,
-            n_workers=cfg.workers,
+        new_params, new_opt = self.server.new_model(
+            params, state["opt_state"], submissions, accepted, self.config.workers
         )
-        for _, proof in proofs:
-            if not verify_fraud_proof(proof, ctx, mode=scheme.mode, threshold=scheme.threshold):
-                raise AuditFailure(r, f"the fraud proof against worker {proof.worker} is false")
-        new_params, new_opt = server.new_model(
-            params,
-            state["opt_state"],
-            submissions,
-            [a.worker for a in record.accepted],
-            cfg.workers,
-        )
-        if pytree_digest(new_params, learner.spec) != record.new_params_hash:
+        if self.digest(new_params) != record.new_params_hash:
             raise AuditFailure(r, "re-executing the round does not give the record's output model")
         state["params"], state["opt_state"] = jax.device_get(new_params), new_opt
 
 
 def _config_fields(raw: dict) -> dict:
-    """Header JSON back to ProtocolConfig arguments (lists back to tuples)."""
+    """Genesis JSON back to ProtocolConfig arguments (lists back to tuples)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
 
 
-def audit(run_dir: str | Path, *, recompute: str = "none", seed: int = 0) -> AuditReport:
-    """Audit ``run_dir``; see the module docstring for what is checked."""
-    return Auditor(run_dir, recompute=parse_recompute(recompute), seed=seed).run()
+def audit(
+    run_dir: str | Path,
+    *,
+    recompute: str = "none",
+    seed: int | None = None,
+    genesis: str | None = None,
+    validators: str | None = None,
+    data_dir: str | None = None,
+) -> AuditReport:
+    """Audit ``run_dir``; see the module docstring for what is checked.
+
+    Raises ``AuditUsageError`` when the audit cannot start (no such directory,
+    a malformed pin or ``--recompute``); otherwise returns the report.
+    """
+    pins = load_validator_pin(validators) if validators else None
+    if genesis is not None:
+        try:
+            if len(bytes.fromhex(genesis)) != 32:
+                raise ValueError
+        except ValueError:
+            raise AuditUsageError(f"--genesis {genesis!r}: expected 64 hex digits") from None
+    return Auditor(
+        run_dir,
+        recompute=parse_recompute(recompute),
+        seed=seed,
+        genesis=genesis,
+        validators=pins,
+        data_dir=data_dir,
+    ).run()

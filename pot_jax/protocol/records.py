@@ -1,6 +1,6 @@
 """The round record: what the committee commits for each training round.
 
-A record binds round r's input model (its hash), the accepted workers and
+A record binds the run's signed genesis (its digest), round r's input model (its hash), the accepted workers and
 their commitments (and the Merkle root over them), every rejection with its
 reason and, for caught cheaters, the digest of the fraud proof, the
 aggregation rule, the output model's hash and the digest of the round's
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pot_jax.crypto.merkle import merkle_root
 
-MAGIC = b"POTJAX-ROUND-RECORD/v1\n"
+MAGIC = b"POTJAX-ROUND-RECORD/v2\n"
 MAX_RECORD_BYTES = 1 << 22
 
 
@@ -43,6 +43,7 @@ class Rejected:
 @dataclass(frozen=True)
 class RoundRecord:
     chain_id: bytes
+    genesis: bytes  # the signed genesis's digest: a record belongs to exactly one run
     round: int
     params_hash: bytes
     accepted: tuple[Accepted, ...]
@@ -60,6 +61,7 @@ class RoundRecord:
     def to_json(self) -> dict:
         return {
             "chain_id": self.chain_id.hex(),
+            "genesis": self.genesis.hex(),
             "round": self.round,
             "params_hash": self.params_hash.hex(),
             "accepted": [[a.worker, a.commitment.hex(), a.examples] for a in self.accepted],
@@ -96,6 +98,7 @@ class RoundRecord:
             obj = json.loads(data[len(MAGIC) :].decode("ascii"))
             record = cls(
                 chain_id=bytes.fromhex(obj["chain_id"]),
+                genesis=_hash(obj["genesis"], "genesis"),
                 round=_int(obj["round"], "round"),
                 params_hash=_hash(obj["params_hash"], "params_hash"),
                 accepted=tuple(

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import struct
 import time
 from dataclasses import asdict, dataclass
@@ -43,8 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pot_jax.attacks import AttackContext, choose_byzantine, commitment_of, make_attack
-from pot_jax.config import ProtocolConfig
-from pot_jax.consensus.keys import simulation_keys
+from pot_jax.config import LOCAL_FIELDS, ProtocolConfig
 from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, aggregate_votes
 from pot_jax.crypto.worker_signatures import worker_message, worker_signature_scheme
@@ -54,6 +52,17 @@ from pot_jax.learning.trainer import build_learner, load_for, worker_shards
 from pot_jax.network import byzantine
 from pot_jax.network.scenario import make_cluster
 from pot_jax.network.simulator import NetworkConfig, TimedNetwork
+from pot_jax.protocol.genesis import (
+    GENESIS_FORMAT,
+    Closing,
+    canonical_json,
+    dataset_digest,
+    encode_closing_record,
+    genesis_digest,
+    genesis_vote_message,
+    sign_statement,
+)
+from pot_jax.protocol.keys import KeyRing, derived_keys, generate_keys, load_key_dir
 from pot_jax.protocol.ledger import (
     Contribution,
     FraudProofRef,
@@ -76,6 +85,13 @@ from pot_jax.verification import (
 )
 
 TRANSCRIPT_NAME = "transcript.log"
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", TRANSCRIPT_NAME)
+
+
+class RunDirectoryError(ValueError):
+    """The run directory already holds a run; nothing was written."""
+
+
 STALE_ROUNDS = 5  # how old the model a lazy worker trains on is
 MAX_ROUND_VIRTUAL_TIME = 10_000.0
 
@@ -170,6 +186,8 @@ class ProtocolSummary:
     validator_rewards: int
     wall_seconds: float
     run_dir: str
+    genesis: str  # the signed genesis's digest: what an auditor pins
+    key_source: str
 
 
 def honest_gradients(learner, params, batch_of, n_workers, active, mode) -> np.ndarray:
@@ -254,7 +272,9 @@ class AggregationServer:
 class ProtocolRun:
     """One run of the protocol; ``run()`` executes every round."""
 
-    def __init__(self, config: ProtocolConfig, *, on_commit=None, scheme=None):
+    def __init__(
+        self, config: ProtocolConfig, *, on_commit=None, scheme=None, keys: KeyRing | None = None
+    ):
         self.config = config
         self.on_commit = on_commit  # called with r once round r is durably in the transcript
         self.chain_id = config.chain_id.encode()
@@ -282,17 +302,23 @@ class ProtocolRun:
         self.signature_scheme = worker_signature_scheme()
         self.byzantine_workers = choose_byzantine(W, config.byzantine_fraction, config.seed)
         attack = make_attack(config.attack) if self.byzantine_workers else None
+        self.keys = self._keys(keys)
+        worker_sks = self.keys.worker_signing_keys(self.signature_scheme)
         self.workers = []
         for i in range(W):
-            seed = hashlib.sha256(
-                b"pot-jax/worker-key" + self.chain_id + struct.pack("<qq", config.seed, i)
-            ).digest()
-            sk, pk = self.signature_scheme.keygen(seed)
             node_attack = attack if i in self.byzantine_workers else None
-            self.workers.append(TrainingNode(i, sk, pk, self.signature_scheme, node_attack))
+            self.workers.append(
+                TrainingNode(
+                    i,
+                    worker_sks[i],
+                    self.keys.worker_public_keys[i],
+                    self.signature_scheme,
+                    node_attack,
+                )
+            )
         self.worker_keys = tuple(w.public_key for w in self.workers)
 
-        sks, self.validator_set = simulation_keys(n)
+        sks, self.validator_set = self.keys.validator_secret_keys, self.keys.validator_set
         bad = set(config.byzantine_validator_ids)
         self.validators = [
             Validator(i, sks[i], self.validator_set.public_keys[i], i not in bad) for i in range(n)
@@ -313,6 +339,7 @@ class ProtocolRun:
             strategies=strategies,
             seed=config.seed,
             chain_id=self.chain_id,
+            keys=(sks, self.validator_set),
             validate=self._validate,
             max_value_bytes=1 << 22,
         )
@@ -326,6 +353,55 @@ class ProtocolRun:
         self.counts = collections.Counter()
         self.rejections = collections.Counter()
         self.slashed_honest = 0
+        self.genesis = self._genesis()
+        self.genesis_hash = genesis_digest(self.genesis)
+
+    def _keys(self, keys: KeyRing | None) -> KeyRing:
+        """Every node's keys: given, generated from the OS, loaded from files, or derived."""
+        config = self.config
+        W, n = config.workers, config.validators
+        scheme = self.signature_scheme.name
+        if keys is None and config.keys == "random":
+            keys = generate_keys(n, W, worker_scheme=scheme)
+        elif keys is None and config.keys == "derived":
+            keys = derived_keys(
+                n, W, chain_id=self.chain_id, seed=config.seed, worker_scheme=scheme
+            )
+        elif keys is None:
+            keys = load_key_dir(config.keys, n_validators=n, n_workers=W, worker_scheme=scheme)
+        keys.check_sizes(n, W)
+        return keys
+
+    def _genesis(self) -> dict:
+        """Everything the validators sign before round 0 (see ``protocol.genesis``)."""
+        return {
+            "format": GENESIS_FORMAT,
+            "config": {k: v for k, v in self.config.to_dict().items() if k not in LOCAL_FIELDS},
+            "chain_id": self.chain_id.hex(),
+            "validators": [
+                [pk.hex(), pop.hex()]
+                for pk, pop in zip(
+                    self.validator_set.public_keys,
+                    self.validator_set.proofs_of_possession,
+                    strict=True,
+                )
+            ],
+            "worker_keys": [pk.hex() for pk in self.worker_keys],
+            "worker_signature_scheme": self.signature_scheme.name,
+            "key_source": self.keys.source,
+            "genesis_params_hash": pytree_digest(self.params, self.learner.spec).hex(),
+            "ledger_config": asdict(self.ledger.config),
+            "verification": self.scheme.label,
+            "tolerance_threshold": self.scheme.threshold,
+            "calibration": self.calibration,
+            "byzantine_workers": list(self.byzantine_workers),
+            "data_digest": dataset_digest(self.data),
+        }
+
+    def _sign(self, message: bytes, *, everyone: bool = False):
+        """A QC over ``message`` from the honest validators (``everyone``: all of them)."""
+        signers = {v.index: v.sk for v in self.validators if everyone or v.honest}
+        return sign_statement(self.validator_set, signers, message)
 
     # -- the application check every honest replica runs before preparing --
 
@@ -344,8 +420,9 @@ class ProtocolRun:
         except RecordError:
             return False
         expected = state["record"]
-        if (record.chain_id, record.round, record.params_hash) != (
+        if (record.chain_id, record.genesis, record.round, record.params_hash) != (
             expected.chain_id,
+            expected.genesis,
             expected.round,
             expected.params_hash,
         ):
@@ -467,6 +544,7 @@ class ProtocolRun:
         primary = next(x for x in self.cluster.nodes if not x.faulty).state.view % n
         record = RoundRecord(
             chain_id=self.chain_id,
+            genesis=self.genesis_hash,
             round=r,
             params_hash=params_hash,
             accepted=tuple(
@@ -509,6 +587,8 @@ class ProtocolRun:
         # Transcript: the record and its QC, fraud proofs, ledger entries, checkpoint.
         writer.append(RecordKind.ROUND, value)
         writer.append(RecordKind.QC, encode_qc_record(view, seq, qc))
+        if proofs:  # theta_r, so that anyone can check each proof with one recomputation
+            writer.append_checkpoint(self._checkpoint_bytes())
         for _, prover, proof_bytes in proofs:
             writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proof_bytes))
         writer.append(RecordKind.LEDGER, encode_entries(round_entries))
@@ -535,6 +615,7 @@ class ProtocolRun:
         self.counts["wrong_caught"] += len(wrong & set(fraud))
         self.counts["wrong_accepted"] += len(wrong & set(accepted))
         self.counts["max_view"] = max(self.counts["max_view"], view)
+        self.counts["committed"] += 1
 
         # The centralized baseline on the union of the round's batches.
         t0 = time.perf_counter()
@@ -565,39 +646,46 @@ class ProtocolRun:
     # -- the whole run --
 
     def header(self) -> dict:
+        """The HEADER record (also ``config.json``): the signed genesis, its QC, metadata.
+
+        ``metadata`` (versions, device, time) is informational and unsigned;
+        everything that changes training is in ``genesis``.
+        """
+        qc = self._sign(genesis_vote_message(self.chain_id, self.genesis_hash), everyone=True)
         return {
-            "config": self.config.to_dict(),
-            "chain_id": self.chain_id.hex(),
-            "validators": [
-                [pk.hex(), pop.hex()]
-                for pk, pop in zip(
-                    self.validator_set.public_keys,
-                    self.validator_set.proofs_of_possession,
-                    strict=True,
-                )
-            ],
-            "worker_keys": [pk.hex() for pk in self.worker_keys],
-            "worker_signature_scheme": self.signature_scheme.name,
-            "genesis_params_hash": pytree_digest(self.params, self.learner.spec).hex(),
-            "ledger_config": asdict(self.ledger.config),
-            "verification": self.scheme.label,
-            "tolerance_threshold": self.scheme.threshold,
-            "calibration": self.calibration,
-            "byzantine_workers": list(self.byzantine_workers),
-            **run_metadata(),
+            "genesis": self.genesis,
+            "genesis_digest": self.genesis_hash.hex(),
+            "genesis_qc": qc.encode().hex(),
+            "metadata": {
+                **run_metadata(),
+                "local": {k: getattr(self.config, k) for k in LOCAL_FIELDS},
+            },
         }
+
+    def _refuse_existing_run(self) -> None:
+        if not self.run_dir.exists():
+            return
+        if not self.run_dir.is_dir():
+            raise RunDirectoryError(f"--run-dir {self.run_dir} exists and is not a directory")
+        held = [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        if held:
+            raise RunDirectoryError(
+                f"{self.run_dir} already holds a run ({', '.join(held)}); nothing was changed. "
+                "Choose another --run-dir, or move that run away first"
+            )
 
     def run(self) -> ProtocolSummary:
         start = time.perf_counter()
         config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_existing_run()
         header = self.header()
-        write_json(self.run_dir / "config.json", header)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         x_test, y_test = jnp.asarray(self.data.x_test), jnp.asarray(self.data.y_test)
-        metrics = JsonLines(self.run_dir / "metrics.jsonl")
         acc, acc_c = 0.0, 0.0
         with TranscriptWriter(self.run_dir / TRANSCRIPT_NAME) as writer:
-            writer.append(RecordKind.HEADER, json.dumps(header, sort_keys=True).encode())
+            write_json(self.run_dir / "config.json", header)
+            metrics = JsonLines(self.run_dir / "metrics.jsonl")
+            writer.append(RecordKind.HEADER, canonical_json(header))
             writer.append_checkpoint(self._checkpoint_bytes())
             bar = tqdm(range(config.rounds), disable=not config.progress, desc="pot", unit="round")
             for r in bar:
@@ -618,10 +706,25 @@ class ProtocolRun:
                         }
                     )
                     bar.set_postfix(pot=f"{acc:.3f}", central=f"{acc_c:.3f}")
-        metrics.close()
+            metrics.close()
+            self._close(writer)
         summary = self._summary(acc, acc_c, time.perf_counter() - start)
         write_json(self.run_dir / "summary.json", {**asdict(summary), "seed": config.seed})
         return summary
+
+    def _close(self, writer: TranscriptWriter) -> None:
+        """The final model's checkpoint and the signed closing record."""
+        if self.config.rounds % self.config.checkpoint_every:
+            writer.append_checkpoint(self._checkpoint_bytes())
+        closing = Closing(
+            chain_id=self.chain_id,
+            genesis=self.genesis_hash,
+            rounds=self.counts["committed"],
+            final_params_hash=pytree_digest(self.params, self.learner.spec),
+            ledger_digest=self.ledger.ledger_digest(),
+        )
+        qc = self._sign(closing.vote_message())
+        writer.append(RecordKind.CLOSING, encode_closing_record(closing, qc))
 
     def _summary(self, acc: float, acc_c: float, wall: float) -> ProtocolSummary:
         ledger = self.ledger
@@ -629,7 +732,7 @@ class ProtocolRun:
         validators = sum(ledger.balance(f"validator:{i}") for i in range(self.config.validators))
         c = self.counts
         return ProtocolSummary(
-            rounds_committed=self.config.rounds,
+            rounds_committed=c["committed"],
             pot_accuracy=acc,
             centralized_accuracy=acc_c,
             accuracy_ratio=acc / acc_c if acc_c else float("nan"),
@@ -654,17 +757,22 @@ class ProtocolRun:
             validator_rewards=validators,
             wall_seconds=wall,
             run_dir=str(self.run_dir),
+            genesis=self.genesis_hash.hex(),
+            key_source=self.keys.source,
         )
 
 
-def run_protocol(config: ProtocolConfig, *, on_commit=None, scheme=None) -> ProtocolSummary:
+def run_protocol(
+    config: ProtocolConfig, *, on_commit=None, scheme=None, keys: KeyRing | None = None
+) -> ProtocolSummary:
     """Run every round of ``config``; the run directory is what ``pot-jax audit`` reads.
 
     ``on_commit(r)`` is called once round r's records are durably appended.
     ``scheme`` replaces the configured verification scheme with your own
-    ``VerificationScheme`` (see ``pot_jax.verification.scheme``).
+    ``VerificationScheme`` (see ``pot_jax.verification.scheme``). ``keys``
+    replaces the keys ``config.keys`` names (see ``pot_jax.protocol.keys``).
     """
-    return ProtocolRun(config, on_commit=on_commit, scheme=scheme).run()
+    return ProtocolRun(config, on_commit=on_commit, scheme=scheme, keys=keys).run()
 
 
 def load_validator_set(header: dict) -> ValidatorSet:

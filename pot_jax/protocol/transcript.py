@@ -59,6 +59,7 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -120,6 +121,7 @@ class RecordKind(enum.IntEnum):
     FRAUD_PROOF = 4
     CHECKPOINT = 5  # encode_checkpoint_ref(sha256, size) of a CheckpointStore file
     LEDGER = 6  # pot_jax.protocol.ledger.encode_entries(...)
+    CLOSING = 7  # pot_jax.protocol.genesis.encode_closing_record(...): the signed end of a run
 
 
 class TranscriptError(ValueError):
@@ -592,9 +594,12 @@ class CheckpointStore:
         """The stored bytes for ``digest``; raises ``TranscriptError`` if missing or altered."""
         path = self.path_for(digest)
         try:
-            data = path.read_bytes()
+            st = os.stat(path)
         except FileNotFoundError:
             raise TranscriptError(f"checkpoint {digest.hex()} is missing: no {path}") from None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
+            raise TranscriptError(f"checkpoint {path} is not a regular file")
+        data = path.read_bytes()
         actual = hashlib.sha256(data).digest()
         if actual != digest:
             raise TranscriptError(
