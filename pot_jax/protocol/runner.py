@@ -18,6 +18,11 @@ round's record is one PBFT sequence number and its commit QC goes into the
 transcript with the record, the fraud proofs, the ledger entries and, every
 ``checkpoint_every`` rounds, the model.
 
+Keys: every node's secret comes from ``config.keys`` (the OS by default, a key
+directory, or the named simulation option ``derived``; ``protocol.keys``); the
+run header holds the signed genesis (``protocol.genesis``) with public keys
+only, and a finished run ends with a signed closing record.
+
 Simulation shortcuts, all deterministic and documented: the application check
 (``ReplicaConfig.validate``) is one function shared by the replicas, and an
 honest validator's re-derivation of a record (aggregate, new model hash,
