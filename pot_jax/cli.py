@@ -119,8 +119,20 @@ def _cmd_bench_consensus(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_detection(args: argparse.Namespace) -> int:
-    from pot_jax.bench.detection import measure_detection
+    from pot_jax.bench.detection import measure_detection, measure_prediction
 
+    if args.predict:
+        result = measure_prediction(
+            keys=args.predict,
+            budget=args.budget,
+            n_validators=args.validators,
+            byzantine_validators=args.byzantine_validators,
+            n_workers=args.workers,
+            rounds=args.rounds,
+            seeds=args.seeds,
+        )
+        _emit(result, args.json)
+        return 0
     result = measure_detection(
         budget=args.budget,
         n_validators=args.validators,
@@ -391,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--cheat-rate", type=float, default=0.1)
     de.add_argument("--rounds", type=_positive_int, default=1000)
     de.add_argument("--seeds", type=_positive_int, default=100)
+    de.add_argument(
+        "--predict",
+        choices=("derived", "secret"),
+        default=None,
+        help="a cheater that cheats only where it predicts no sample, against derived keys "
+        "or secret ones from the OS (measure_prediction)",
+    )
     de.set_defaults(func=_cmd_bench_detection)
     return parser
 
