@@ -36,7 +36,8 @@ What is checked, in order, and the first failure stops the audit:
    compared with the entries and the record's digest;
 6. checkpoints: each stored model hashes to the record's output hash;
 7. **re-execution** (``--recompute all`` or ``sample:F``, drawn from the
-   operating system's randomness unless ``--seed`` repeats a draw): from a
+   operating system's randomness unless ``--seed`` repeats a draw; each
+   checkpoint interval with probability F, and at least one): from a
    checkpoint, recompute every accepted worker's gradient, check it against
    the signed commitment, aggregate, update, compare the new model's hash
    with the record. A mismatch means the committee accepted a wrong
@@ -518,7 +519,8 @@ class Auditor:
         if self.recompute > 0 and self.recompute < 1:
             self.seed = secrets.randbits(63) if self.seed is None else self.seed
             report.sample_seed = self.seed
-        rng = _Draw(self.recompute, self.seed)
+        intervals = -(-config.rounds // config.checkpoint_every)
+        rng = _Draw(self.recompute, self.seed, intervals)
         replay = rng.draw()
         prev_hash, prev_signers = genesis_params, ()
         self.facts = _Facts()
@@ -569,12 +571,7 @@ class Auditor:
             raise AuditFailure(None, "the ledger does not conserve value")
         self._closing(records, reader, r, prev_hash, ledger, accuracy_at)
         if self.recompute > 0 and report.reexecuted == 0 and report.rounds:
-            report.status = Status.FAILED
-            report.reason = (
-                "0 rounds were re-executed (no checkpoint interval was drawn); re-execution "
-                "was asked for and did not happen: use --recompute all or a larger fraction"
-            )
-            return
+            raise AssertionError("a sampled audit drew no interval")  # _Draw picks at least one
         self._side_files(report, config, data, learner, ledger, accuracy_at)
 
     def _checkpoint(self, records, reader, r, what):
@@ -846,14 +843,17 @@ class _Facts:
 
 
 class _Draw:
-    """Which checkpoint intervals are re-executed."""
+    """Which checkpoint intervals are re-executed: each with probability F, at least one."""
 
-    def __init__(self, fraction: float, seed: int | None):
-        self.fraction = fraction
-        self.rng = random.Random(seed)
+    def __init__(self, fraction: float, seed: int | None, intervals: int):
+        rng = random.Random(seed)
+        self.picks = [fraction >= 1.0 or rng.random() < fraction for _ in range(intervals)]
+        if fraction > 0 and intervals and not any(self.picks):
+            self.picks[rng.randrange(intervals)] = True  # "sample" never means "none"
+        self.picks.reverse()
 
     def draw(self) -> bool:
-        return self.fraction >= 1.0 or (self.fraction > 0 and self.rng.random() < self.fraction)
+        return self.picks.pop() if self.picks else False
 
 
 @dataclass

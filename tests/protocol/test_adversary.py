@@ -708,3 +708,15 @@ def test_qc_decoding_helper_is_the_real_codec():
     keys = generate_keys(4, 1)
     qc = _sign_all(keys, vote_message(b"x", "commit", 0, 1, hashlib.sha256(b"v").digest()))
     assert QuorumCertificate.decode(qc.encode()) == qc
+
+
+def test_a_sampled_audit_of_a_short_run_re_executes_at_least_one_interval(tmp_path):
+    """A run shorter than the checkpoint interval has one interval: sample:F must draw it."""
+    config = ProtocolConfig(
+        **{**TINY, "rounds": 3, "checkpoint_every": 100}, byzantine_fraction=0.0,
+        run_dir=str(tmp_path),
+    )  # fmt: skip
+    run_protocol(config)
+    for seed in range(5):
+        report = audit(tmp_path, recompute="sample:0.01", seed=seed)
+        assert report.ok and report.reexecuted == 3
