@@ -15,7 +15,9 @@ from pathlib import Path
 
 from experiments.common import SCALES, FigureSpec, Timer, write_metadata
 
-__all__ = ["FIGURES", "SCALES", "FigureSpec", "load", "run_figures"]
+__all__ = ["FIGURES", "PAPER_DIR", "SCALES", "FigureSpec", "load", "run_figures"]
+
+PAPER_DIR = "paper_figures"  # the committed paper-scale figures; nothing else writes there
 
 CLAIM1 = "the decentralized network reaches 85% of the performance of centralized alternatives"
 CLAIM2 = "99.2% uptime during stress tests with more than 1000 concurrent training nodes"
@@ -114,6 +116,11 @@ def run_figures(names: list[str] | None, scale: str, out_root: Path) -> dict:
             f"expected some of {', '.join(FIGURES)}"
         )
     out_root = Path(out_root)
+    if scale != "paper" and out_root.resolve().name == PAPER_DIR:
+        raise ValueError(
+            f"--out {out_root} at scale {scale!r}: only paper-scale figures go into "
+            f"{PAPER_DIR}/; leave --out at its default (runs/figures/{scale})"
+        )
     ordered = [n for n in FIGURES if n in set(names)]
     results = {}
     for name in ordered:

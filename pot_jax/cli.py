@@ -160,10 +160,11 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     if args.summary_only:
         from experiments.summary import write_summary
 
-        print(write_summary(Path(args.out)))
+        print(write_summary(Path(args.out or "paper_figures")))
         return 0
     names = args.only.split(",") if args.only else None
-    result = run_figures(names, args.scale, Path(args.out))
+    out = Path(args.out) if args.out else Path("runs") / "figures" / args.scale
+    result = run_figures(names, args.scale, out)
     _emit(result, True)
     return 0
 
@@ -345,10 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print one JSON object on one line")
     sim.set_defaults(func=_cmd_simulate)
 
+    try:
+        from experiments import FIGURES
+
+        figure_names = ", ".join(FIGURES)
+    except ImportError:  # installed without the repository's experiments/
+        figure_names = "see experiments/"
     fig = sub.add_parser("figures", help="regenerate the paper figures from their experiments")
-    fig.add_argument("--only", default="", help="comma-separated figure names (default: all)")
+    fig.add_argument(
+        "--only", default="", help=f"comma-separated figure names (default: all): {figure_names}"
+    )
     fig.add_argument("--scale", choices=("smoke", "paper"), default="smoke")
-    fig.add_argument("--out", default="paper_figures", help="output root (default: paper_figures)")
+    fig.add_argument(
+        "--out",
+        default=None,
+        help="output root (default: runs/figures/SCALE); the committed figures are "
+        "regenerated only with --scale paper --out paper_figures",
+    )
     fig.add_argument(
         "--summary-only",
         action="store_true",
@@ -419,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         print(f"pot-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -177,3 +177,44 @@ def test_simulate_prints_commits_and_no_safety_violation(capsys):
     assert main(["simulate", "--n", "4", "--byzantine", "0:silent", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["all_decided"] and result["safety_violations"] == []
+
+
+def _tree(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_smoke_figures_never_touch_paper_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    committed = tmp_path / "paper_figures"
+    (committed / "f3_cost").mkdir(parents=True)
+    (committed / "f3_cost" / "f3_cost.png").write_bytes(b"the paper-scale figure")
+    (committed / "MEASURED.md").write_text("paper numbers\n")
+    before = _tree(committed)
+    assert main(["figures", "--only", "f3_cost"]) == 0
+    assert (tmp_path / "runs" / "figures" / "smoke" / "f3_cost" / "f3_cost.png").exists()
+    assert main(["figures", "--only", "f3_cost", "--out", "paper_figures"]) == 2
+    assert "only paper-scale figures go into paper_figures/" in capsys.readouterr().err
+    assert _tree(committed) == before
+
+
+def test_a_second_baseline_into_the_same_directory_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "base"
+    flags = ["baseline", "--dataset", "teacher", "--workers", "4", "--rounds", "3",
+             "--hidden", "8", "--progress", "false", "--run-dir", str(run)]  # fmt: skip
+    assert main(flags) == 0
+    before = _tree(run)
+    assert main([*flags[:-2], "--rounds", "5", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and len(err.strip().splitlines()) == 1
+    assert _tree(run) == before
+
+
+def test_a_second_train_into_the_same_directory_says_so_in_one_line(tmp_path, capsys):
+    run = tmp_path / "pot"
+    assert main(["train", *PROTOCOL_TINY, "--run-dir", str(run)]) == 0
+    before = _tree(run)
+    capsys.readouterr()
+    assert main(["train", *PROTOCOL_TINY, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and len(err.strip().splitlines()) == 1
+    assert _tree(run) == before

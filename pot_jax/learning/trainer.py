@@ -77,6 +77,12 @@ def train(config: TrainConfig) -> TrainSummary:
     """Run both trainings, write config, metrics and summary to ``config.run_dir``."""
     start = time.perf_counter()
     run_dir = Path(config.run_dir)
+    held = [n for n in ("config.json", "metrics.jsonl", "summary.json") if (run_dir / n).exists()]
+    if held:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(held)}); nothing was changed. "
+            "Choose another --run-dir, or move that run away first"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"config": config.to_dict(), **run_metadata()})
 
