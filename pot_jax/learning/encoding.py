@@ -31,8 +31,9 @@ import numpy as np
 MAGIC = b"POTJAXT1"
 DIGEST_SIZE = 32
 
-# Commitment hashes, all 256-bit. SHA-256 is the default and what DESIGN.md
-# specifies; BLAKE3 is the measured-faster option for large gradients (see
+# Commitment hashes, all 256-bit. SHA-256 is the default and what protocol runs
+# commit with (docs/architecture.md, "One round, as implemented"); BLAKE3 is the
+# measured-faster option for large gradients (see
 # ``pot-jax bench throughput --commitment-hash``). Both release the GIL on
 # large buffers, so rows hash in parallel on a thread pool.
 COMMITMENT_HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "blake3": blake3.blake3}

@@ -19,8 +19,9 @@ validator with probability
     1 - (1 - q)^h          (h of the n_v validators honest)
 
 against ``h * q`` for a partition; the gap is at most ``(h q)^2 / 2``, under
-0.5 percentage points for p <= 0.1. (DESIGN.md states the same formula with
-each validator sampling a fraction p; here that fraction is p / n_v.) A
+0.5 percentage points for p <= 0.1. (The original design states the same
+formula with each validator sampling a fraction p; here that fraction is
+p / n_v: docs/architecture.md, "Differences from the original design".) A
 worker that cheats in a fraction c of rounds, independently of the sampling
 it cannot predict, escapes ``R`` rounds with probability
 ``(1 - c (1 - (1 - q)^h))^R``: see :func:`detection_probability`.
