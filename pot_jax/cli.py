@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -16,10 +17,24 @@ from pot_jax.config import (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pot_jax.protocol.runner import run_protocol
+    from pot_jax.protocol.runner import resume_protocol, run_protocol
 
-    config = config_from_args(ProtocolConfig, args)
-    s = run_protocol(config)
+    if args.resume:
+        given = sorted(
+            "--" + k.replace("_", "-")
+            for k in vars(args)
+            if k in {f.name for f in dataclasses.fields(ProtocolConfig)}
+            and k not in ("keys", "progress")
+        )
+        if given:
+            raise ValueError(
+                f"--resume continues the run with its own signed config; drop {', '.join(given)}"
+            )
+        s = resume_protocol(
+            args.resume, keys=getattr(args, "keys", None), progress=getattr(args, "progress", None)
+        )
+    else:
+        s = run_protocol(config_from_args(ProtocolConfig, args))
     reasons = ", ".join(f"{k}: {v}" for k, v in s.rejections_by_reason.items()) or "none"
     print(
         "\n".join(
@@ -271,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(train, ProtocolConfig)
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue an interrupted run (made with --keys DIR or derived keys) from its "
+        "transcript; the result equals the uninterrupted run",
+    )
     train.set_defaults(func=_cmd_train)
 
     baseline = sub.add_parser(

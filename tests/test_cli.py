@@ -218,3 +218,8 @@ def test_a_second_train_into_the_same_directory_says_so_in_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert "already holds a run" in err and len(err.strip().splitlines()) == 1
     assert _tree(run) == before
+
+
+def test_resume_takes_no_config_flags(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--rounds", "5"]) == 2
+    assert "drop --rounds" in capsys.readouterr().err

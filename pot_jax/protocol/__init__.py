@@ -26,7 +26,7 @@ from pot_jax.protocol.ledger import (
     worker_account,
 )
 from pot_jax.protocol.records import Accepted, RecordError, Rejected, RoundRecord
-from pot_jax.protocol.runner import ProtocolRun, ProtocolSummary, run_protocol
+from pot_jax.protocol.runner import ProtocolRun, ProtocolSummary, resume_protocol, run_protocol
 from pot_jax.protocol.transcript import (
     CheckpointStore,
     Record,
@@ -49,6 +49,7 @@ __all__ = [
     "ProtocolRun",
     "ProtocolSummary",
     "audit",
+    "resume_protocol",
     "run_protocol",
     "CheckpointStore",
     "Contribution",

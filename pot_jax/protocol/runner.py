@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
+import os
 import struct
 import time
 from dataclasses import asdict, dataclass
@@ -78,7 +80,12 @@ from pot_jax.protocol.ledger import (
     entries_digest,
 )
 from pot_jax.protocol.records import Accepted, RecordError, Rejected, RoundRecord
-from pot_jax.protocol.transcript import RecordKind, TranscriptWriter
+from pot_jax.protocol.transcript import (
+    RecordKind,
+    TranscriptReader,
+    TranscriptWriter,
+    encode_checkpoint_ref,
+)
 from pot_jax.runinfo import JsonLines, run_metadata, write_json
 from pot_jax.verification import (
     RoundContext,
@@ -95,6 +102,78 @@ RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", TRANSCRIPT_NAME)
 
 class RunDirectoryError(ValueError):
     """The run directory already holds a run; nothing was written."""
+
+
+class ResumeError(ValueError):
+    """A run that cannot be resumed (finished, other keys, diverged), with why."""
+
+
+class _ReplayWriter:
+    """Appends to an interrupted run's transcript after proving it regenerates its records.
+
+    While records of the interrupted run remain, each append must equal the next
+    one byte for byte (a resumed run that diverged raises ``ResumeError`` and
+    leaves the log as it was); after them, appends go to the log.
+    """
+
+    def __init__(self, writer: TranscriptWriter, existing: list):
+        self.writer, self.existing, self.pos = writer, existing, 0
+
+    @property
+    def replaying(self) -> bool:
+        return self.pos < len(self.existing)
+
+    def _match(self, kind: int, payload: bytes) -> None:
+        rec = self.existing[self.pos]
+        if rec.kind != kind or rec.payload != payload:
+            raise ResumeError(
+                f"resuming diverged from the interrupted run at record seq {rec.seq} "
+                f"(kind {rec.kind}): the run is not deterministic here (another jax build, "
+                "device or code version?); nothing was appended"
+            )
+        self.pos += 1
+
+    def append(self, kind: int, payload: bytes) -> None:
+        if self.replaying:
+            self._match(kind, payload)
+        else:
+            self.writer.append(kind, payload)
+
+    def append_checkpoint(self, params: bytes) -> None:
+        if self.replaying:
+            digest = self.writer.checkpoints.put(params)  # restores a lost file, if any
+            self._match(RecordKind.CHECKPOINT, encode_checkpoint_ref(digest, len(params)))
+        else:
+            self.writer.append_checkpoint(params)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.writer.close()
+
+
+def _rounds_in(records) -> int:
+    return sum(1 for rec in records if rec.kind == RecordKind.LEDGER)
+
+
+def _kept_metric_rows(path: Path, *, committed: int) -> int:
+    """Keep metrics rows of committed rounds (dropping a torn last line); the last kept round."""
+    if not path.exists():
+        return 0
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the crash
+        if isinstance(row, dict) and isinstance(row.get("round"), int):
+            if row["round"] <= committed:
+                kept.append(row)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return max((r["round"] for r in kept), default=0)
 
 
 STALE_ROUNDS = 5  # how old the model a lazy worker trains on is
@@ -597,7 +676,7 @@ class ProtocolRun:
         for _, prover, proof_bytes in proofs:
             writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proof_bytes))
         writer.append(RecordKind.LEDGER, encode_entries(round_entries))
-        if self.on_commit is not None:
+        if self.on_commit is not None and not getattr(writer, "replaying", False):
             self.on_commit(r)
 
         # Update.
@@ -679,18 +758,29 @@ class ProtocolRun:
                 "Choose another --run-dir, or move that run away first"
             )
 
-    def run(self) -> ProtocolSummary:
+    def run(self, *, resume: bool = False) -> ProtocolSummary:
+        """Run every round; with ``resume``, continue the interrupted run in ``run_dir``.
+
+        Resuming re-executes the committed rounds (training and consensus are
+        deterministic given the config, the seed and the keys), checks that each
+        regenerated record is byte-identical to the one on disk, and appends from
+        where the interrupted run stopped, so the result equals an uninterrupted run.
+        """
         start = time.perf_counter()
         config = self.config
-        self._refuse_existing_run()
-        header = self.header()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            writer, done_rows = self._reopen()
+        else:
+            self._refuse_existing_run()
+            header = self.header()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            writer, done_rows = TranscriptWriter(self.run_dir / TRANSCRIPT_NAME), 0
+            write_json(self.run_dir / "config.json", header)
+            writer.append(RecordKind.HEADER, canonical_json(header))
         x_test, y_test = jnp.asarray(self.data.x_test), jnp.asarray(self.data.y_test)
         acc, acc_c = 0.0, 0.0
-        with TranscriptWriter(self.run_dir / TRANSCRIPT_NAME) as writer:
-            write_json(self.run_dir / "config.json", header)
+        with writer:
             metrics = JsonLines(self.run_dir / "metrics.jsonl")
-            writer.append(RecordKind.HEADER, canonical_json(header))
             writer.append_checkpoint(self._checkpoint_bytes())
             bar = tqdm(range(config.rounds), disable=not config.progress, desc="pot", unit="round")
             for r in bar:
@@ -698,24 +788,52 @@ class ProtocolRun:
                 if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
                     acc = self.learner.accuracy(self.params, x_test, y_test)
                     acc_c = self.learner.accuracy(self.params_c, x_test, y_test)
-                    metrics.write(
-                        {
-                            "round": r + 1,
-                            "pot_test_accuracy": acc,
-                            "centralized_test_accuracy": acc_c,
-                            "cheaters_caught": len(self.banned),
-                            "view": info["view"],
-                            "virtual_time": self.net.time,
-                            "wall_seconds": time.perf_counter() - start,
-                            "centralized_wall_seconds": self.centralized_seconds,
-                        }
-                    )
+                    if r + 1 > done_rows:  # rows of the interrupted run stay as written
+                        metrics.write(
+                            {
+                                "round": r + 1,
+                                "pot_test_accuracy": acc,
+                                "centralized_test_accuracy": acc_c,
+                                "cheaters_caught": len(self.banned),
+                                "view": info["view"],
+                                "virtual_time": self.net.time,
+                                "wall_seconds": time.perf_counter() - start,
+                                "centralized_wall_seconds": self.centralized_seconds,
+                            }
+                        )
                     bar.set_postfix(pot=f"{acc:.3f}", central=f"{acc_c:.3f}")
             metrics.close()
             self._close(writer)
         summary = self._summary(acc, acc_c, time.perf_counter() - start)
         write_json(self.run_dir / "summary.json", {**asdict(summary), "seed": config.seed})
         return summary
+
+    def _reopen(self) -> tuple[_ReplayWriter, int]:
+        """The interrupted run's transcript (torn tail truncated) and its metrics rows kept."""
+        path = self.run_dir / TRANSCRIPT_NAME
+        if not path.is_file():
+            raise ResumeError(f"--resume {self.run_dir}: no {TRANSCRIPT_NAME} to resume")
+        if (self.run_dir / "summary.json").exists():
+            raise ResumeError(f"--resume {self.run_dir}: the run is finished (summary.json)")
+        writer = TranscriptWriter.open(path)
+        try:
+            records = list(TranscriptReader(path))
+            if not records or records[0].kind != RecordKind.HEADER:
+                raise ResumeError(f"{path} has no header record; start a new run")
+            header = json.loads(records[0].payload)
+            if header.get("genesis_digest") != self.genesis_hash.hex():
+                raise ResumeError(
+                    f"{self.run_dir}: this config and these keys make genesis "
+                    f"{self.genesis_hash.hex()}, the run was made with "
+                    f"{header.get('genesis_digest')}; resume with the run's own keys (--keys)"
+                )
+            if any(rec.kind == RecordKind.CLOSING for rec in records):
+                raise ResumeError(f"--resume {self.run_dir}: the run is finished (closing record)")
+        except BaseException:
+            writer.close()
+            raise
+        rows = _kept_metric_rows(self.run_dir / "metrics.jsonl", committed=_rounds_in(records))
+        return _ReplayWriter(writer, records[1:]), rows
 
     def _close(self, writer: TranscriptWriter) -> None:
         """The final model's checkpoint and the signed closing record."""
@@ -765,6 +883,37 @@ class ProtocolRun:
             genesis=self.genesis_hash.hex(),
             key_source=self.keys.source,
         )
+
+
+def resume_protocol(
+    run_dir: str | Path, *, keys: str | None = None, on_commit=None, progress: bool | None = None
+) -> ProtocolSummary:
+    """Continue the interrupted run in ``run_dir`` from its own signed config.
+
+    ``keys`` overrides where the key directory is now. A run made with
+    in-memory keys (``keys = random``) cannot resume: its secret keys are gone.
+    """
+    run_dir = Path(run_dir)
+    try:
+        header = json.loads((run_dir / "config.json").read_text())
+        genesis, local = header["genesis"], header["metadata"]["local"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResumeError(f"--resume {run_dir}: no readable run config.json ({err})") from None
+    if genesis.get("key_source") == "random":
+        raise ResumeError(
+            f"--resume {run_dir}: the run's keys were generated in memory (keys = random) and "
+            "no longer exist, so no one can sign its remaining rounds; start runs you may "
+            "resume with --keys DIR (made by pot-jax keygen)"
+        )
+    fields = {**genesis["config"], **local, "run_dir": str(run_dir)}
+    if keys is not None:
+        fields["keys"] = keys
+    if progress is not None:
+        fields["progress"] = progress
+    config = ProtocolConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    )
+    return ProtocolRun(config, on_commit=on_commit).run(resume=True)
 
 
 def run_protocol(
