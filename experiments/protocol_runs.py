@@ -16,7 +16,7 @@ __all__ = ["run_and_collect"]
 
 
 def run_and_collect(config_kwargs: dict, *, scheme=None) -> tuple[list[dict], dict]:
-    """Run ``ProtocolConfig(**config_kwargs)``; its metrics.jsonl records and its summary."""
+    """Run ``ProtocolConfig(**config_kwargs)``; its evaluation rows and its summary."""
     from pot_jax.config import ProtocolConfig
     from pot_jax.protocol import run_protocol
 
@@ -28,7 +28,9 @@ def run_and_collect(config_kwargs: dict, *, scheme=None) -> tuple[list[dict], di
         config = ProtocolConfig(**config_kwargs, run_dir=tmp, progress=False)
         summary = run_protocol(config, scheme=scheme)
         lines = (Path(tmp) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    metrics = [json.loads(line) for line in lines if line.strip()]
+    rows = [json.loads(line) for line in lines if line.strip()]
+    # metrics.jsonl has a row every round; the figures plot the evaluation rows.
+    metrics = [row for row in rows if "pot_test_accuracy" in row]
     out = asdict(summary)
     out.pop("run_dir", None)
     return metrics, out

@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args.resume, keys=getattr(args, "keys", None), progress=getattr(args, "progress", None)
         )
     else:
-        s = run_protocol(config_from_args(ProtocolConfig, args))
+        s = run_protocol(config_from_args(ProtocolConfig, args), tensorboard=args.tensorboard)
     reasons = ", ".join(f"{k}: {v}" for k, v in s.rejections_by_reason.items()) or "none"
     print(
         "\n".join(
@@ -47,14 +47,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"cheaters caught             {list(s.cheaters_caught)}",
                 f"wrong gradients checked     {s.wrong_gradients_checked}, caught "
                 f"{s.wrong_gradients_caught}, accepted unchecked "
-                f"{s.wrong_gradients_accepted_unchecked}",
+                f"{s.wrong_gradients_accepted_unchecked} (wrong gradients no validator sampled, "
+                "so the committee accepted them; the simulation's ground truth)",
                 f"honest workers slashed      {s.honest_workers_slashed}",
                 f"rejected gradients          {s.rejected_gradients} ({reasons})",
                 f"verification compute        {s.verification_compute_ratio:.4f} "
                 f"({s.recomputed_gradients} recomputed / {s.worker_gradients} computed)",
-                f"rewards (base units)        workers {s.worker_rewards}, validators "
+                f"rewards (base units, 10^6 = 1 token) workers {s.worker_rewards}, validators "
                 f"{s.validator_rewards}, emitted {s.ledger_emitted}, burned {s.ledger_burned}",
-                f"consensus messages          {s.messages}, virtual time {s.virtual_time:.1f}",
+                f"consensus messages          {s.messages}, virtual time {s.virtual_time:.1f} "
+                "network delays",
                 f"wall time                   {s.wall_seconds:.1f} s",
                 f"genesis                     {s.genesis} (keys: {s.key_source})",
                 f"run directory               {s.run_dir} (check: pot-jax audit {s.run_dir} "
@@ -286,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(train, ProtocolConfig)
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files to RUN_DIR/tensorboard (extra: tensorboard)",
+    )
     train.add_argument(
         "--resume",
         metavar="RUN_DIR",

@@ -67,7 +67,7 @@ class _LearningConfig:
     run_dir: str = _help(
         "directory for config.json, metrics.jsonl and summary.json", "runs/baseline"
     )
-    progress: bool = _help("show a progress bar", True)
+    progress: bool = _help("show a progress bar (only when stderr is a terminal)", True)
 
     def _check_learning(self) -> None:
         positive = ("num_samples", "workers", "batch_size", "rounds", "eval_every")
@@ -149,6 +149,15 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     """Add one ``--field`` option per field of the config dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if hints[f.name] is bool:  # --progress / --no-progress
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+            )
+            continue
         kind, metavar = _parser_for(hints[f.name])
         default = f.default
         parser.add_argument(

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -71,6 +72,41 @@ class JsonLines:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def show_progress(config) -> bool:
+    """The progress bar shows only when asked for and stderr is a terminal."""
+    return bool(config.progress) and sys.stderr.isatty()
+
+
+class TensorBoard:
+    """Scalars of each metrics row as TensorBoard events (``pip install -e '.[tensorboard]'``)."""
+
+    @staticmethod
+    def require():
+        """The writer class; raises a one-line error when the extra is not installed."""
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ValueError(
+                "--tensorboard needs tensorboardX: pip install -e '.[tensorboard]'"
+            ) from None
+        return SummaryWriter
+
+    def __init__(self, directory: Path):
+        self._writer = self.require()(logdir=str(directory))
+
+    def write(self, row: dict) -> None:
+        step = row["round"]
+        for key, value in row.items():
+            if key != "round" and isinstance(value, int | float) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, step)
+            elif isinstance(value, dict):
+                for sub, v in value.items():
+                    self._writer.add_scalar(f"{key}/{sub}", v, step)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -9,7 +9,7 @@ from pot_jax.config import ConfigError, TrainConfig
 
 TINY = [
     "--dataset", "teacher", "--workers", "4", "--batch-size", "8", "--rounds", "60",
-    "--eval-every", "20", "--hidden", "16", "--learning-rate", "0.5", "--progress", "false",
+    "--eval-every", "20", "--hidden", "16", "--learning-rate", "0.5", "--no-progress",
 ]  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def test_bench_crypto_rejects_unknown_backend(capsys):
 PROTOCOL_TINY = [
     "--dataset", "teacher", "--workers", "8", "--batch-size", "8", "--rounds", "6",
     "--hidden", "16", "--learning-rate", "0.5", "--eval-every", "3",
-    "--checkpoint-every", "3", "--progress", "false",
+    "--checkpoint-every", "3", "--no-progress",
 ]  # fmt: skip
 
 
@@ -200,7 +200,7 @@ def test_smoke_figures_never_touch_paper_figures(tmp_path, monkeypatch, capsys):
 def test_a_second_baseline_into_the_same_directory_changes_nothing(tmp_path, capsys):
     run = tmp_path / "base"
     flags = ["baseline", "--dataset", "teacher", "--workers", "4", "--rounds", "3",
-             "--hidden", "8", "--progress", "false", "--run-dir", str(run)]  # fmt: skip
+             "--hidden", "8", "--no-progress", "--run-dir", str(run)]  # fmt: skip
     assert main(flags) == 0
     before = _tree(run)
     assert main([*flags[:-2], "--rounds", "5", "--run-dir", str(run)]) == 2
@@ -223,3 +223,30 @@ def test_a_second_train_into_the_same_directory_says_so_in_one_line(tmp_path, ca
 def test_resume_takes_no_config_flags(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--rounds", "5"]) == 2
     assert "drop --rounds" in capsys.readouterr().err
+
+
+def test_train_logs_every_round_and_tensorboard_events(tmp_path, capsys):
+    run = tmp_path / "pot"
+    assert main(["train", *PROTOCOL_TINY, "--tensorboard", "--run-dir", str(run)]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "accepted", "rejected_by_reason", "caught", "recomputed", "view",
+                "messages", "round_wall_seconds"):  # fmt: skip
+        assert key in rows[0]
+    assert [r["round"] for r in rows if "pot_test_accuracy" in r] == [3, 6]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(["audit", str(run)]) == 0
+
+
+def test_the_progress_bar_stays_off_when_stderr_is_not_a_terminal(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pot_jax.cli", "train", *PROTOCOL_TINY[:-1], "--progress",
+         "--run-dir", str(tmp_path / "pot")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    assert "\r" not in out.stderr and "\r" not in out.stdout

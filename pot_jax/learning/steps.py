@@ -75,6 +75,8 @@ class Learner(NamedTuple):
     centralized_step: Callable
     # (params, x_Nx..., y_N) -> number of correct predictions
     count_correct: Callable
+    # (params, x_Nx..., y_N) -> mean cross-entropy (for logging; no gradient)
+    loss: Callable
 
     @property
     def num_params(self) -> int:
@@ -150,4 +152,5 @@ def make_learner(
         apply_update=jax.jit(apply_update),
         centralized_step=jax.jit(centralized_step),
         count_correct=jax.jit(count_correct),
+        loss=jax.jit(loss_fn),
     )

@@ -548,6 +548,7 @@ class Auditor:
                 for _, proof in proofs:
                     env.check_proof(r, proof, input_state["params"])
                     self.facts.caught.append(proof.worker)
+            self.facts.rounds[-1].update(fraud_proofs=len(proofs), caught=len(self.facts.caught))
             report.fraud_proofs += len(proofs)
             if replay:
                 env.reexecute(r, record, state, proofs)
@@ -647,6 +648,7 @@ class Auditor:
                     f"accepted worker {a.worker} claims {a.examples} examples, the batch size "
                     f"is {config.batch_size}",
                 )
+        self.facts.rounds.append({"accepted": len(record.accepted), "view": view})
         banned_before = set(self.facts.caught)
         for x in record.rejected:
             if x.worker >= config.workers:
@@ -792,7 +794,13 @@ class Auditor:
                     f"summary.json claims pot_accuracy = {claimed!r}, the final checkpoint "
                     f"scores {actual:.4f} on the signed test data",
                 )
-            known = {*expected, "pot_accuracy", "rejections_by_reason", *NOT_CHECKED_SUMMARY}
+            known = {
+                *expected,
+                "pot_accuracy",
+                "rejections_by_reason",
+                "units",
+                *NOT_CHECKED_SUMMARY,
+            }
             unknown = sorted(set(summary) - known)
             report.not_checked.extend(f"summary.{k}" for k in NOT_CHECKED_SUMMARY if k in summary)
             report.not_checked.append("summary.rejections_by_reason (free text)")
@@ -807,11 +815,20 @@ class Auditor:
             try:
                 row = json.loads(line)
                 round_ = row["round"]
-                acc = row["pot_test_accuracy"]
             except (ValueError, KeyError, TypeError) as err:
                 raise AuditFailure(None, f"metrics.jsonl line {n} is malformed: {err}") from None
             if not isinstance(round_, int) or not 0 < round_ <= report.rounds:
                 raise AuditFailure(None, f"metrics.jsonl line {n} is about round {round_!r}")
+            for key, value in facts.rounds[round_ - 1].items():
+                if key in row and row[key] != value:
+                    raise AuditFailure(
+                        None,
+                        f"metrics.jsonl line {n} claims {key} = {row[key]!r} in round {round_}, "
+                        f"the transcript gives {value!r}",
+                    )
+            if "pot_test_accuracy" not in row:
+                continue
+            acc = row["pot_test_accuracy"]
             if round_ not in accuracy_at:
                 unchecked += 1
                 continue
@@ -825,12 +842,16 @@ class Auditor:
                 )
             checked += 1
         report.notes.append(
-            f"metrics.jsonl: test accuracy of {checked} rows re-evaluated from checkpoints; "
-            f"{unchecked} rows fall between checkpoints and were not checked"
+            f"metrics.jsonl: accepted, fraud proofs, caught and view checked on every row; test "
+            f"accuracy re-evaluated on {checked} rows at checkpoints, {unchecked} rows between "
+            "checkpoints not re-evaluated"
         )
         if unchecked:
-            report.not_checked.append("metrics rows between checkpoints")
-        report.not_checked.append("metrics: centralized accuracy, wall and virtual time")
+            report.not_checked.append("metrics accuracy between checkpoints")
+        report.not_checked.append(
+            "metrics: loss, rejections by reason, recomputed, messages, centralized accuracy, "
+            "wall and virtual time"
+        )
 
 
 @dataclass
@@ -840,6 +861,7 @@ class _Facts:
     caught: list[int] = field(default_factory=list)
     rejected: int = 0
     max_view: int = 0
+    rounds: list[dict] = field(default_factory=list)  # per round: what a metrics row may claim
 
 
 class _Draw:

@@ -86,7 +86,7 @@ from pot_jax.protocol.transcript import (
     TranscriptWriter,
     encode_checkpoint_ref,
 )
-from pot_jax.runinfo import JsonLines, run_metadata, write_json
+from pot_jax.runinfo import JsonLines, TensorBoard, run_metadata, show_progress, write_json
 from pot_jax.verification import (
     RoundContext,
     Submission,
@@ -98,6 +98,19 @@ from pot_jax.verification import (
 
 TRANSCRIPT_NAME = "transcript.log"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", TRANSCRIPT_NAME)
+
+
+UNITS = {
+    "ledger_emitted, ledger_burned, worker_rewards, validator_rewards": (
+        "base units of the reward token (10^6 per token)"
+    ),
+    "virtual_time": "network delays of the simulator (one delay = the mean message latency)",
+    "wall_seconds": "seconds of this process's wall time",
+    "wrong_gradients_accepted_unchecked": (
+        "wrong gradients that no honest validator sampled, so the committee accepted them "
+        "(ground truth the simulation knows; an audit with --recompute finds them)"
+    ),
+}
 
 
 class RunDirectoryError(ValueError):
@@ -357,10 +370,18 @@ class ProtocolRun:
     """One run of the protocol; ``run()`` executes every round."""
 
     def __init__(
-        self, config: ProtocolConfig, *, on_commit=None, scheme=None, keys: KeyRing | None = None
+        self,
+        config: ProtocolConfig,
+        *,
+        on_commit=None,
+        scheme=None,
+        keys: KeyRing | None = None,
+        tensorboard: bool = False,
     ):
         self.config = config
-        self.on_commit = on_commit  # called with r once round r is durably in the transcript
+        # on_commit(r, row): round r is durably in the transcript; row is its metrics.
+        self.on_commit = on_commit
+        self.tensorboard = tensorboard
         self.chain_id = config.chain_id.encode()
         self.run_dir = Path(config.run_dir)
         self.data = load_for(config)
@@ -542,7 +563,11 @@ class ProtocolRun:
         return batch_of
 
     def run_round(self, r: int, writer: TranscriptWriter) -> dict:
+        """Run round r; return its metrics row (what metrics.jsonl and ``on_commit`` get)."""
         config, W, n = self.config, self.config.workers, self.config.validators
+        round_start = time.perf_counter()
+        messages_before = int(sum(self.cluster.stats.sent.values()))
+        recomputed_before = self.counts["recomputed"]
         batch_of = self._batch_of(r)
         ctx = RoundContext(
             chain_id=self.chain_id,
@@ -676,8 +701,6 @@ class ProtocolRun:
         for _, prover, proof_bytes in proofs:
             writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proof_bytes))
         writer.append(RecordKind.LEDGER, encode_entries(round_entries))
-        if self.on_commit is not None and not getattr(writer, "replaying", False):
-            self.on_commit(r)
 
         # Update.
         self.stale.append(self.params)
@@ -691,9 +714,11 @@ class ProtocolRun:
         if (r + 1) % config.checkpoint_every == 0:
             writer.append_checkpoint(self._checkpoint_bytes())
 
+        by_reason = collections.Counter()
         for x in rejected:
             if x.worker not in self.banned or self.banned[x.worker] == r:
-                self.rejections[x.reason.split(": ", 1)[-1].split(":")[0].split(" (")[0]] += 1
+                by_reason[x.reason.split(": ", 1)[-1].split(":")[0].split(" (")[0]] += 1
+        self.rejections.update(by_reason)
         self.counts["rejected"] += sum(1 for x in rejected if self.banned.get(x.worker, r) == r)
         self.counts["wrong_checked"] += len(wrong & recomputed)
         self.counts["wrong_caught"] += len(wrong & set(fraud))
@@ -705,12 +730,29 @@ class ProtocolRun:
         t0 = time.perf_counter()
         idx = self.assigner.round_indices(r)
         x_all = self.data.x_train[idx].reshape((-1, *self.data.input_shape))
-        self.params_c, self.opt_state_c, _ = self.learner.centralized_step(
-            self.params_c, self.opt_state_c, x_all, self.data.y_train[idx].reshape(-1)
+        y_all = self.data.y_train[idx].reshape(-1)
+        self.params_c, self.opt_state_c, loss_c = self.learner.centralized_step(
+            self.params_c, self.opt_state_c, x_all, y_all
         )
         jax.block_until_ready(self.params_c)
         self.centralized_seconds += time.perf_counter() - t0
-        return {"accepted": len(accepted), "rejected": len(rejected), "view": view}
+        # theta_r's loss on the round's batches (the honest workers' examples).
+        loss = float(self.learner.loss(self.stale[-1], x_all, y_all))
+        return {
+            "round": r + 1,
+            "loss": loss,
+            "centralized_loss": float(loss_c),
+            "accepted": len(accepted),
+            "rejected": sum(by_reason.values()),
+            "rejected_by_reason": dict(sorted(by_reason.items())),
+            "fraud_proofs": len(proofs),
+            "caught": len(self.banned),
+            "recomputed": self.counts["recomputed"] - recomputed_before,
+            "view": view,
+            "messages": int(sum(self.cluster.stats.sent.values())) - messages_before,
+            "virtual_time": self.net.time,
+            "round_wall_seconds": time.perf_counter() - round_start,
+        }
 
     def _checkpoint_bytes(self) -> bytes:
         return encode_pytree({"opt_state": self.opt_state, "params": self.params})
@@ -768,6 +810,8 @@ class ProtocolRun:
         """
         start = time.perf_counter()
         config = self.config
+        if self.tensorboard:
+            TensorBoard.require()
         if resume:
             writer, done_rows = self._reopen()
         else:
@@ -779,33 +823,37 @@ class ProtocolRun:
             writer.append(RecordKind.HEADER, canonical_json(header))
         x_test, y_test = jnp.asarray(self.data.x_test), jnp.asarray(self.data.y_test)
         acc, acc_c = 0.0, 0.0
+        board = TensorBoard(self.run_dir / "tensorboard") if self.tensorboard else None
         with writer:
             metrics = JsonLines(self.run_dir / "metrics.jsonl")
             writer.append_checkpoint(self._checkpoint_bytes())
-            bar = tqdm(range(config.rounds), disable=not config.progress, desc="pot", unit="round")
+            bar = tqdm(
+                range(config.rounds), disable=not show_progress(config), desc="pot", unit="round"
+            )
             for r in bar:
-                info = self.run_round(r, writer)
+                row = self.run_round(r, writer)
                 if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
                     acc = self.learner.accuracy(self.params, x_test, y_test)
                     acc_c = self.learner.accuracy(self.params_c, x_test, y_test)
-                    if r + 1 > done_rows:  # rows of the interrupted run stay as written
-                        metrics.write(
-                            {
-                                "round": r + 1,
-                                "pot_test_accuracy": acc,
-                                "centralized_test_accuracy": acc_c,
-                                "cheaters_caught": len(self.banned),
-                                "view": info["view"],
-                                "virtual_time": self.net.time,
-                                "wall_seconds": time.perf_counter() - start,
-                                "centralized_wall_seconds": self.centralized_seconds,
-                            }
-                        )
+                    row["pot_test_accuracy"] = acc
+                    row["centralized_test_accuracy"] = acc_c
                     bar.set_postfix(pot=f"{acc:.3f}", central=f"{acc_c:.3f}")
+                row["wall_seconds"] = time.perf_counter() - start
+                row["centralized_wall_seconds"] = self.centralized_seconds
+                if r + 1 > done_rows:  # rows of the interrupted run stay as written
+                    metrics.write(row)
+                    if board is not None:
+                        board.write(row)
+                if self.on_commit is not None and not getattr(writer, "replaying", False):
+                    self.on_commit(r, row)
             metrics.close()
+            if board is not None:
+                board.close()
             self._close(writer)
         summary = self._summary(acc, acc_c, time.perf_counter() - start)
-        write_json(self.run_dir / "summary.json", {**asdict(summary), "seed": config.seed})
+        write_json(
+            self.run_dir / "summary.json", {**asdict(summary), "seed": config.seed, "units": UNITS}
+        )
         return summary
 
     def _reopen(self) -> tuple[_ReplayWriter, int]:
@@ -917,16 +965,24 @@ def resume_protocol(
 
 
 def run_protocol(
-    config: ProtocolConfig, *, on_commit=None, scheme=None, keys: KeyRing | None = None
+    config: ProtocolConfig,
+    *,
+    on_commit=None,
+    scheme=None,
+    keys: KeyRing | None = None,
+    tensorboard: bool = False,
 ) -> ProtocolSummary:
     """Run every round of ``config``; the run directory is what ``pot-jax audit`` reads.
 
-    ``on_commit(r)`` is called once round r's records are durably appended.
+    ``on_commit(r, row)`` is called once round r's records are durably appended,
+    with the round's metrics row (the one written to metrics.jsonl).
     ``scheme`` replaces the configured verification scheme with your own
     ``VerificationScheme`` (see ``pot_jax.verification.scheme``). ``keys``
     replaces the keys ``config.keys`` names (see ``pot_jax.protocol.keys``).
     """
-    return ProtocolRun(config, on_commit=on_commit, scheme=scheme, keys=keys).run()
+    return ProtocolRun(
+        config, on_commit=on_commit, scheme=scheme, keys=keys, tensorboard=tensorboard
+    ).run()
 
 
 def load_validator_set(header: dict) -> ValidatorSet:

@@ -212,7 +212,7 @@ CHILD = textwrap.dedent(
     config = ProtocolConfig(
         **{{**{tiny}, "rounds": 400, "byzantine_fraction": 0.0}}, run_dir=sys.argv[1]
     )
-    run_protocol(config, on_commit=lambda r: print(r, flush=True))
+    run_protocol(config, on_commit=lambda r, row: print(r, flush=True))
     """
 )
 
