@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from pot_jax.runinfo import run_metadata, write_json  # noqa: E402
 
@@ -39,7 +40,10 @@ __all__ = [
     "SCALES",
     "STYLE",
     "FigureSpec",
+    "compact_number",
+    "display_name",
     "figure",
+    "plain_log_axis",
     "read_csv",
     "read_jsonl",
     "read_metadata",
@@ -143,6 +147,61 @@ def sibling_data(data_dir: Path, figure_name: str, file_name: str, scale: str) -
     return path if read_metadata(other).get("scale") == scale else None
 
 
+# How identifiers from configs and data files are named on a figure.
+DISPLAY_NAMES = {
+    # datasets
+    "mnist1d": "MNIST-1D",
+    "teacher": "teacher (synthetic)",
+    # worker attacks
+    "alie": "ALIE",
+    "sign_flip": "sign flip",
+    "label_flip": "label flip",
+    "ipm": "IPM",
+    "nan_inf": "NaN/Inf",
+    # aggregation rules and verification
+    "coordinate_median": "coordinate median",
+    "trimmed_mean": "trimmed mean",
+    "krum": "Krum",
+    "multi_krum": "Multi-Krum",
+    "spot_check": "spot checks",
+    "robust_only": "no verification",
+    # models and commitment hashes
+    "mlp": "MLP",
+    "cnn": "CNN",
+    "sha256": "SHA-256",
+    "blake3": "BLAKE3",
+    # BLS backends
+    "arkworks": "arkworks (Rust)",
+    "py_ecc": "py_ecc (pure Python)",
+    # PBFT message patterns
+    "all_to_all": "all-to-all PBFT",
+    "linear": "linear PBFT",
+}
+
+
+def display_name(key) -> str:
+    """The name a figure shows for a config or data identifier (``sign_flip`` -> "sign flip")."""
+    return DISPLAY_NAMES.get(key, str(key).replace("_", " "))
+
+
+def compact_number(value: float, _pos=None) -> str:
+    """A tick label without exponents: 0.01, 4, 250, 1000, 10k, 2M (k and M only when exact)."""
+    if abs(value) >= 1e6 and value % 1e6 == 0:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e4 and value % 1e3 == 0:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def plain_log_axis(axis, ticks=None, *, subs=(1.0,)) -> None:
+    """A log ``axis`` (``ax.xaxis`` or ``ax.yaxis``) labelled 1, 10, 1000, 10k, or at ``ticks``;
+    ``subs=(1, 2, 5)`` also labels 2 and 5 in each decade, for an axis spanning few decades."""
+    locator = FixedLocator(list(ticks)) if ticks is not None else LogLocator(10, subs=subs)
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(compact_number))
+    axis.set_minor_formatter(NullFormatter())
+
+
 @contextmanager
 def figure(nrows: int = 1, ncols: int = 1, **kw) -> Iterator[tuple]:
     """A figure and its axes drawn in the shared style; closed on exit."""
@@ -155,18 +214,22 @@ def figure(nrows: int = 1, ncols: int = 1, **kw) -> Iterator[tuple]:
 
 
 def save_figure(fig, fig_dir: Path, name: str, *, scale: str | None = None) -> list[Path]:
-    """NAME.png and NAME.pdf in fig_dir; smoke-scale figures are stamped as such."""
+    """NAME.png and NAME.pdf in fig_dir; smoke-scale figures are stamped as such.
+
+    The stamp sits above the top edge of the laid-out figure (the tight bounding box
+    grows to hold it), so it cannot cover an axis label, a title or a legend.
+    """
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     if scale == "smoke":
         fig.text(
-            0.99,
-            0.005,
+            1.0,
+            1.0,
             "smoke scale: not a measurement",
             ha="right",
             va="bottom",
-            fontsize=7,
-            color="0.4",
+            fontsize=8,
+            color="C1",
         )
     paths = [fig_dir / f"{name}.png", fig_dir / f"{name}.pdf"]
     for p in paths:

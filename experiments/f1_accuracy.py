@@ -9,7 +9,9 @@ from pathlib import Path
 from experiments.common import (
     DATA_CSV,
     DATA_JSONL,
+    display_name,
     figure,
+    plain_log_axis,
     read_csv,
     read_jsonl,
     read_metadata,
@@ -142,15 +144,72 @@ def pot_seconds(r: dict) -> float:
     return r["wall_seconds"] - r["centralized_wall_seconds"]
 
 
+PAPER_RATIO = 0.85
+
+
+def _label_bars(ax, xs, heights, tops) -> None:
+    """Each bar's value just above its bar (or its error bar)."""
+    for x, h, top in zip(xs, heights, tops, strict=True):
+        ax.annotate(
+            f"{h:.3f}",
+            (x, top),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+
+
+def _throughput_panel(ax, data_dir: Path) -> None:
+    """f8's PoT-core throughput ratio per model and batch: the other half of "performance"."""
+    throughput = data_dir / THROUGHPUT
+    ax.axhline(PAPER_RATIO, color="C3", ls=":")
+    ax.set_ylabel("PoT-core / centralized throughput")
+    if not throughput.exists():
+        ax.set_title("(d) Throughput ratio: f8_overhead not run at this scale")
+        ax.text(0.5, 0.5, "no f8 data", ha="center", va="center", transform=ax.transAxes)
+        return
+    rows = read_csv(throughput)
+    shown_hash = "sha256" if any(r["commitment_hash"] == "sha256" for r in rows) else None
+    shown_hash = shown_hash or rows[0]["commitment_hash"]
+    rows = [r for r in rows if r["commitment_hash"] == shown_hash]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    width = 0.8 / len(models)
+    for k, model in enumerate(models):
+        by_batch = {r["batch"]: r["ratio"] for r in rows if r["model"] == model}
+        xs = [i + (k - (len(models) - 1) / 2) * width for i, b in enumerate(batches)]
+        heights = [by_batch.get(b, 0.0) for b in batches]
+        ax.bar(
+            xs,
+            heights,
+            width,
+            color=("C4", "C5", "C6")[k % 3],
+            label=f"PoT-core throughput, f8 {display_name(model)}",
+        )
+        _label_bars(ax, xs, heights, heights)
+    ax.set_xticks(range(len(batches)), [f"B = {b}" for b in batches])
+    ax.set(
+        ylim=(0, 1.12 * max(1.0, max(r["ratio"] for r in rows))),
+        xlabel=f"per-worker batch (f8: MNIST-shaped models, W = {rows[0]['workers']}, "
+        f"{display_name(shown_hash)})",
+        title="(d) Throughput ratio PoT core / centralized SGD (f8)",
+    )
+
+
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
+    """Accuracy against rounds and wall time (top), then the two ratios the paper's "85% of
+    the performance" could mean, each in its own panel (bottom): final accuracy, throughput."""
     data_dir = Path(data_dir)
     records = read_jsonl(data_dir / DATA_JSONL)
-    scale = read_metadata(data_dir)["scale"]
+    meta = read_metadata(data_dir)
+    scale, config = meta["scale"], meta["config"]
     evals = [r for r in records if r["kind"] == "eval"]
     summaries = [r for r in records if r["kind"] == "summary"]
     fractions = sorted({r["byzantine_fraction"] for r in evals})
     seeds = sorted({r["seed"] for r in evals})
-    with figure(1, 3, figsize=(13, 3.8)) as (fig, (ax_r, ax_w, ax_s)):
+    with figure(2, 2, figsize=(11, 8)) as (fig, ((ax_r, ax_w), (ax_s, ax_t))):
         for k, frac in enumerate(fractions):
             runs = [
                 sorted(
@@ -165,7 +224,7 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                     ax,
                     [[x(r) for r in run] for run in runs],
                     [[r["pot_test_accuracy"] for r in run] for run in runs],
-                    f"PoT, {frac:.0%} Byzantine",
+                    f"PoT, {frac:.0%} Byzantine workers",
                     "o-",
                     color,
                 )
@@ -175,49 +234,59 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                         ax,
                         [[x(r) for r in run] for run in runs],
                         [[r["centralized_test_accuracy"] for r in run] for run in runs],
-                        "centralized (same union batch)",
+                        "centralized SGD on the union of the batches",
                         "--",
                         "k",
                     )
-        ax_r.set(xlabel="round", ylabel="test accuracy", title="Accuracy vs rounds")
+        ax_r.set(
+            xlabel="round",
+            ylabel="test accuracy",
+            title="(a) Accuracy vs rounds (mean, min-max over seeds)",
+        )
         ax_w.set(
             xscale="log",
-            xlabel="wall seconds (PoT: whole protocol; centralized: its own steps)",
+            xlabel="wall seconds (PoT: whole simulated protocol; centralized: its own steps)",
             ylabel="test accuracy",
-            title="Accuracy vs wall time",
+            title="(b) Accuracy vs wall time (one process simulates every node)",
         )
-        ax_r.legend()
+        plain_log_axis(ax_w.xaxis, subs=(1.0, 2.0, 5.0))
         ratios = [
             [s["accuracy_ratio"] for s in summaries if s["byzantine_fraction"] == f]
             for f in fractions
         ]
+        means = [statistics.mean(r) for r in ratios]
         ax_s.bar(
-            [f"{f:.0%}" for f in fractions],
-            [statistics.mean(r) for r in ratios],
+            range(len(fractions)),
+            means,
+            0.6,
             yerr=[
-                [statistics.mean(r) - min(r) for r in ratios],
-                [max(r) - statistics.mean(r) for r in ratios],
+                [m - min(r) for m, r in zip(means, ratios, strict=True)],
+                [max(r) - m for m, r in zip(means, ratios, strict=True)],
             ],
             capsize=3,
+            color="0.6",
             label="final accuracy ratio PoT / centralized",
         )
-        ax_s.axhline(0.85, color="C3", ls=":", label="paper: 85% of centralized")
-        throughput = data_dir / THROUGHPUT
-        if throughput.exists():
-            rows = read_csv(throughput)
-            mlp = [r for r in rows if r["model"] == "mlp" and r["commitment_hash"] == "sha256"]
-            best = max(mlp or rows, key=lambda r: r["batch"])
-            ax_s.axhline(
-                best["ratio"],
-                color="C2",
-                ls="--",
-                label=f"PoT-core throughput ratio (f8: {best['model']}, "
-                f"B={best['batch']}) = {best['ratio']:.2f}",
-            )
+        _label_bars(ax_s, range(len(fractions)), means, [max(r) for r in ratios])
+        ax_s.axhline(PAPER_RATIO, color="C3", ls=":", label="paper: 85% of centralized")
+        ax_s.set_xticks(range(len(fractions)), [f"{f:.0%}" for f in fractions])
         ax_s.set(
+            ylim=(0, 1.12),
             xlabel="Byzantine worker fraction",
-            ylabel="ratio",
-            title="Final accuracy ratio (mean, min-max over seeds)",
+            ylabel="PoT / centralized test accuracy",
+            title="(c) Final accuracy ratio (mean, min-max over seeds)",
         )
-        ax_s.legend(loc="lower left")
+        _throughput_panel(ax_t, data_dir)
+        handles = {}
+        for ax in (ax_r, ax_s, ax_t):
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3)
+        model = f"MLP {'-'.join(map(str, config['hidden']))} hidden"
+        fig.suptitle(
+            f"{display_name(config['dataset'])}, {model}, W = {config['workers']} workers "
+            f"(batch {config['batch_size']}), {display_name(config['attack'])} attack by the "
+            f"Byzantine workers, {display_name(config['verification'])} p = {config['budget']:g}, "
+            f"{config['validators']} validators, {config['rounds']} rounds, {len(seeds)} seeds"
+        )
         return save_figure(fig, fig_dir, NAME, scale=scale)

@@ -23,7 +23,17 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import DATA_CSV, figure, read_csv, read_metadata, save_figure, write_csv
+from matplotlib.ticker import PercentFormatter
+
+from experiments.common import (
+    DATA_CSV,
+    figure,
+    plain_log_axis,
+    read_csv,
+    read_metadata,
+    save_figure,
+    write_csv,
+)
 
 NAME = "f2_uptime"
 WORKER_MODELS = ("sampled_arrivals",)
@@ -195,47 +205,107 @@ def _mean_by(rows, key):
     return xs, [[r["uptime"] for r in rows if r[key] == x] for x in xs]
 
 
+PAPER_UPTIME = 0.992
+
+
+def _uptime_errorbar(ax, xs, ups):
+    """Mean over seeds with min-max bars."""
+    means = [statistics.mean(u) for u in ups]
+    ax.errorbar(
+        xs,
+        means,
+        yerr=[
+            [m - min(u) for m, u in zip(means, ups, strict=True)],
+            [max(u) - m for m, u in zip(means, ups, strict=True)],
+        ],
+        fmt="o-",
+        capsize=3,
+        label="measured (mean, min-max over seeds)",
+    )
+    return means
+
+
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
+    """(a) uptime against W on a y axis zoomed to where the measurements and 99.2% lie;
+    (b) uptime against silent validators on the full 0-1 axis, the region past f shaded."""
     rows = read_csv(Path(data_dir) / DATA_CSV)
-    scale = read_metadata(data_dir)["scale"]
+    meta = read_metadata(data_dir)
+    scale, config = meta["scale"], meta["config"]
     by_w = [r for r in rows if r["sweep"] == "workers"]
     by_b = [r for r in rows if r["sweep"] == "byzantine"]
     n, f = rows[0]["validators"], rows[0]["f"]
-    with figure(1, 2, figsize=(11, 3.8)) as (fig, (ax_w, ax_b)):
-        for ax, sub, key, xlabel in (
-            (ax_w, by_w, "workers", "training nodes W (modelled arrivals)"),
-            (
-                ax_b,
-                by_b,
-                "byzantine_validators",
-                f"silent validators of n = {n} (+1 crash-restart)",
-            ),
-        ):
-            xs, ups = _mean_by(sub, key)
-            means = [statistics.mean(u) for u in ups]
-            ax.errorbar(
-                xs,
-                means,
-                yerr=[
-                    [m - min(u) for m, u in zip(means, ups, strict=True)],
-                    [max(u) - m for m, u in zip(means, ups, strict=True)],
-                ],
-                fmt="o-",
-                capsize=3,
-                label="measured uptime (mean, min-max over seeds)",
+    seeds = sorted({r["seed"] for r in rows})
+    percent = PercentFormatter(1.0, decimals=0)
+    with figure(1, 2, figsize=(11, 4.4)) as (fig, (ax_w, ax_b)):
+        xs, ups = _mean_by(by_w, "workers")
+        means = _uptime_errorbar(ax_w, xs, ups)
+        ax_w.axhline(PAPER_UPTIME, color="C3", ls=":", label="paper: 99.2%")
+        for x, m, u in zip(xs, means, ups, strict=True):
+            ax_w.annotate(
+                f"{m:.1%}",
+                (x, max(u)),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                va="bottom",
+                fontsize=7,
             )
-            ax.axhline(0.992, color="C3", ls=":", label="paper: 99.2%")
-            ax.set(xlabel=xlabel, ylabel="rounds committed within deadline", ylim=(-0.02, 1.05))
-        ax_w.set_xscale("log")
+        low = min(min(min(u) for u in ups), PAPER_UPTIME)
+        ax_w.set(
+            xscale="log",
+            xlabel="training nodes W (modelled arrivals)",
+            ylabel="rounds committed within the deadline",
+            ylim=(max(0.0, math.floor((low - 0.04) * 50) / 50), 1.005),
+        )
+        plain_log_axis(ax_w.xaxis, xs)
+        ax_w.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
         crashed = by_w[0]["crashed_validators"]
         ax_w.set_title(
-            f"{by_w[0]['byzantine_validators']} silent + {crashed} crash-restart validators "
-            f"of {n}; worker churn, crashes, loss"
+            f"(a) {by_w[0]['byzantine_validators']} silent + {crashed} crash-restart "
+            f"of n = {n} validators: f = {f} faulty\n"
+            "worker churn, crashes, message loss; y axis zoomed"
         )
-        limit = f - by_b[0]["crashed_validators"]
-        ax_b.axvline(limit + 0.5, color="0.4", ls="--", label=f"beyond: silent + crashed > f = {f}")
+
+        xs, ups = _mean_by(by_b, "byzantine_validators")
+        _uptime_errorbar(ax_b, xs, ups)
+        ax_b.axhline(PAPER_UPTIME, color="C3", ls=":", label="paper: 99.2%")
+        crashed = by_b[0]["crashed_validators"]
+        limit = f - crashed  # the most silent validators with silent + crashed <= f
+        ax_b.axvspan(
+            limit + 0.5,
+            max(xs) + 0.5,
+            color="0.9",
+            zorder=0,
+            label=f"silent + crashed > f = {f} validators",
+        )
+        ax_b.axvline(limit + 0.5, color="0.4", ls="--", lw=1)
+        ax_b.text(
+            max(xs) + 0.4,
+            0.8,
+            f"past f = {f} faulty of n = {n}:\nno quorum while the\ncrashed validator is down",
+            ha="right",
+            va="center",
+            fontsize=8,
+            color="0.25",
+        )
+        ax_b.set(
+            xlabel=f"silent validators (plus {crashed} crash-restart) of n = {n}",
+            ylabel="rounds committed within the deadline",
+            ylim=(-0.02, 1.05),
+            xlim=(min(xs) - 0.5, max(xs) + 0.5),
+        )
+        ax_b.set_xticks(range(min(xs), max(xs) + 1))
+        ax_b.yaxis.set_major_formatter(percent)
         broken = sum(r["safety_violations"] for r in by_b)
-        ax_b.set_title(f"W = {by_b[0]['workers']}; safety violations: {broken}")
-        ax_w.legend(loc="lower left")
-        ax_b.legend(loc="lower left")
+        ax_b.set_title(
+            f"(b) W = {by_b[0]['workers']} training nodes\nsafety violations in every run: {broken}"
+        )
+        handles, labels = ax_b.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+        fig.suptitle(
+            f"Uptime: a round is up if it is committed within {config['deadline']:g} network "
+            f"delays of its start (a round every {config['round_interval']:g}); "
+            f"{rows[0]['rounds']} rounds x {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+            "per point"
+        )
         return save_figure(fig, fig_dir, NAME, scale=scale)

@@ -7,6 +7,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
 from experiments.common import (
     DATA_CSV,
     DATA_JSONL,
@@ -204,7 +207,31 @@ def run(config: Config, data_dir: Path) -> None:
     write_csv(data_dir / DATA_CSV, rows)
 
 
+# How each cost input is named on the figure.
+INPUT_LABELS = {
+    "dc_device_hourly_usd": "Datacenter GPU price ($/h)",
+    "dc_utilisation": "Datacenter utilisation",
+    "pot_capital_hourly_usd": "PoT hardware capital ($/h)",
+    "pot_power_kw": "PoT GPU power (kW)",
+    "pot_electricity_usd_kwh": "Electricity price ($/kWh)",
+    "pot_relative_speed": "PoT GPU speed (× datacenter GPU)",
+    "pot_utilisation": "PoT node utilisation",
+    "verification_overhead": "Verification overhead (recomputed fraction)",
+    "throughput_ratio": "PoT-core throughput ratio",
+    "n_validators": "Validators",
+    "validator_hourly_usd": "Validator cost ($/h each)",
+    "workers": "Workers per validator set",
+}
+LOW, HIGH = "C0", "C1"
+
+
+def input_label(name: str) -> str:
+    return INPUT_LABELS.get(name, name.replace("_", " "))
+
+
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
+    """Tornado chart (each bar ends at the savings with one input at the end of its range,
+    that value written past the bar's end) and savings along the decisive inputs."""
     rows = read_csv(Path(data_dir) / DATA_CSV)
     scale = read_metadata(data_dir)["scale"]
     inputs = {r["parameter"]: r for r in rows if r["kind"] == "input"}
@@ -212,32 +239,50 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
     params = list(dict.fromkeys(r["parameter"] for r in rows if r["kind"] == "tornado"))
     ends = {(r["parameter"], r["end"]): r for r in rows if r["kind"] == "tornado"}
     params.sort(key=lambda p: abs(ends[(p, "high")]["savings"] - ends[(p, "low")]["savings"]))
-    with figure(1, 2, figsize=(12, 4.4)) as (fig, (ax_t, ax_s)):
+    all_savings = [r["savings"] for r in ends.values()] + [base, PAPER_SAVINGS]
+    span = max(all_savings) - min(all_savings)
+    pad = 0.015 * span
+    with figure(1, 2, figsize=(13, 5.2), width_ratios=(1.25, 1)) as (fig, (ax_t, ax_s)):
+        ticks = []
         for i, p in enumerate(params):
-            lo, hi = ends[(p, "low")], ends[(p, "high")]
-            for r, color in ((lo, "C0"), (hi, "C1")):
-                ax_t.barh(i, r["savings"] - base, left=base, color=color, alpha=0.8)
-            tag = " (measured)" if inputs[p]["source"] == "measured" else ""
-            ax_t.text(
-                min(lo["savings"], hi["savings"]) - 0.02,
-                i,
-                f"{lo['value']:g} / {hi['value']:g}",
-                ha="right",
-                va="center",
-                fontsize=7,
-            )
-            params[i] = f"{p}{tag}\nbase {inputs[p]['value']:.3g}"
-        ax_t.set_yticks(range(len(params)), params, fontsize=7)
+            for end, color in (("low", LOW), ("high", HIGH)):
+                r = ends[(p, end)]
+                ax_t.barh(i, r["savings"] - base, 0.7, left=base, color=color, alpha=0.85)
+                right = r["savings"] >= base
+                ax_t.text(
+                    r["savings"] + (pad if right else -pad),
+                    i,
+                    f"{r['value']:g}",
+                    ha="left" if right else "right",
+                    va="center",
+                    fontsize=7,
+                    bbox={"fc": "white", "ec": "none", "pad": 0.4, "alpha": 0.8},
+                )
+            source = "measured" if inputs[p]["source"] == "measured" else "assumed"
+            ticks.append(f"{input_label(p)}\nbase {inputs[p]['value']:.3g} ({source})")
+        ax_t.set_yticks(range(len(params)), ticks, fontsize=7)
+        ax_t.set_xlim(min(all_savings) - 0.12 * span, max(all_savings) + 0.12 * span)
+        ax_t.set_ylim(-0.6, len(params) - 0.4)
         ax_t.axvline(base, color="k", lw=0.8)
-        ax_t.axvline(0.60, color="C3", ls=":", label="paper: 60% lower cost")
+        ax_t.axvline(PAPER_SAVINGS, color="C3", ls=":")
         ax_t.set(
             xlabel="savings = 1 - PoT cost / centralized cost",
-            title=f"Sensitivity (blue: low end, orange: high end); base {base:.2f}",
+            title="(a) Sensitivity: one input at a time moved to the end of its range\n"
+            "(the number past each bar is that input's value)",
         )
-        ax_t.legend(loc="lower left")
+        fig.legend(
+            handles=[
+                Patch(color=LOW, alpha=0.85, label="input at the low end of its range"),
+                Patch(color=HIGH, alpha=0.85, label="input at the high end of its range"),
+                Line2D([], [], color="k", lw=0.8, label=f"base inputs: savings {base:.2f}"),
+                Line2D([], [], color="C3", ls=":", label="paper: 60% lower cost"),
+            ],
+            loc="outside lower left",
+            ncol=2,
+        )
         for p in (
-            "pot_relative_speed",
             "pot_capital_hourly_usd",
+            "pot_relative_speed",
             "dc_device_hourly_usd",
             "throughput_ratio",
         ):
@@ -247,18 +292,18 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
             )
             base_v = inputs[p]["value"]
             lo, hi = sweep[0]["value"], sweep[-1]["value"]
-            ax_s.plot(
+            line = ax_s.plot(
                 [(r["value"] - lo) / (hi - lo) for r in sweep],
                 [r["savings"] for r in sweep],
-                label=f"{p} ({lo:g} .. {hi:g})",
+                label=f"{input_label(p)}: {lo:g} to {hi:g}",
             )
-            ax_s.plot([(base_v - lo) / (hi - lo)], [base], "k.")
-        ax_s.axhline(0.60, color="C3", ls=":", label="paper: 60%")
+            ax_s.plot([(base_v - lo) / (hi - lo)], [base], "o", color=line[0].get_color())
+        ax_s.axhline(PAPER_SAVINGS, color="C3", ls=":", label="paper: 60% lower cost")
         ax_s.axhline(0.0, color="0.5", lw=0.8)
         ax_s.set(
-            xlabel="position in the input's range (0 = low, 1 = high)",
-            ylabel="savings",
-            title="Savings along the decisive inputs (dot: base)",
+            xlabel="position of the input in its range (0 = low end, 1 = high end)",
+            ylabel="savings = 1 - PoT cost / centralized cost",
+            title="(b) Savings along the decisive inputs (dot: base value)",
         )
-        ax_s.legend(fontsize=7)
+        fig.legend(*ax_s.get_legend_handles_labels(), loc="outside lower right", ncol=2)
         return save_figure(fig, fig_dir, NAME, scale=scale)

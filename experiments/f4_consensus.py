@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import DATA_CSV, figure, read_csv, read_metadata, save_figure, write_csv
+from experiments.common import (
+    DATA_CSV,
+    display_name,
+    figure,
+    plain_log_axis,
+    read_csv,
+    read_metadata,
+    save_figure,
+    write_csv,
+)
 
 NAME = "f4_consensus"
 
@@ -98,50 +107,88 @@ def fitted_slopes(rows: list[dict]) -> dict:
 
 
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
+    """Three log-log panels against n with their fitted slopes; one legend below them."""
     rows = read_csv(Path(data_dir) / DATA_CSV)
-    scale = read_metadata(data_dir)["scale"]
+    meta = read_metadata(data_dir)
+    scale, config = meta["scale"], meta["config"]
     slopes = fitted_slopes(rows)
+    ns = sorted({r["n"] for r in rows})
+    patterns = sorted({r["pattern"] for r in rows})
     panels = (
-        ("messages_per_decision", "messages per decision"),
-        ("wall_seconds_per_decision", "simulator wall s per decision"),
-        ("virtual_latency", "virtual latency (network delays)"),
+        ("messages_per_decision", "messages per decision", "(a) Messages"),
+        (
+            "wall_seconds_per_decision",
+            "simulator wall seconds per decision",
+            "(b) Simulator wall time",
+        ),
+        ("virtual_latency", "virtual latency (network delays)", "(c) Virtual latency"),
     )
-    with figure(1, 3, figsize=(12, 3.6)) as (fig, axes):
-        for ax, (q, label) in zip(axes, panels, strict=True):
-            for pattern in sorted({r["pattern"] for r in rows}):
+    with figure(1, 3, figsize=(12, 4.2)) as (fig, axes):
+        for ax, (q, label, title) in zip(axes, panels, strict=True):
+            for k, pattern in enumerate(patterns):
+                color = f"C{k}"
                 ok = sorted(
                     (r for r in rows if r["pattern"] == pattern and not r["skipped"]),
                     key=lambda r: r["n"],
                 )
+                ax.plot(
+                    [r["n"] for r in ok],
+                    [r[q] for r in ok],
+                    "o-",
+                    color=color,
+                    label=f"{display_name(pattern)}, whole stream",
+                )
                 s = slopes.get((pattern, q))
-                tag = f" (slope {s:.2f})" if s is not None else ""
-                line = ax.plot([r["n"] for r in ok], [r[q] for r in ok], "o-", label=pattern + tag)
-                if (
-                    q == "messages_per_decision"
-                    and ok
-                    and ok[0]["steady_state_messages_per_decision"]
-                ):
+                if s is not None and ok:
+                    ax.annotate(
+                        f"slope {s:.2f}",
+                        (ok[-1]["n"], ok[-1][q]),
+                        textcoords="offset points",
+                        xytext=(4, 7),
+                        ha="right",
+                        va="bottom",
+                        fontsize=7,
+                        color=color,
+                    )
+                if q != "messages_per_decision":
+                    continue
+                if ok and ok[0]["steady_state_messages_per_decision"]:
                     ax.plot(
                         [r["n"] for r in ok],
                         [r["steady_state_messages_per_decision"] for r in ok],
                         "s--",
-                        color=line[0].get_color(),
+                        color=color,
                         fillstyle="none",
-                        label=f"{pattern}, steady state",
+                        label=f"{display_name(pattern)}, steady state",
                     )
                 skipped = [r["n"] for r in rows if r["pattern"] == pattern and r["skipped"]]
-                if skipped and q == "messages_per_decision":
+                if skipped:
                     ax.plot(
                         skipped,
                         [2.0 * n * n for n in skipped],
                         "x",
-                        color="0.5",
-                        label=f"{pattern} skipped (~2n^2 shown)",
+                        color=color,
+                        label=f"{display_name(pattern)} at n = "
+                        f"{', '.join(map(str, skipped))}: not run (2n² shown)",
                     )
             if q == "messages_per_decision":
-                ns = sorted({r["n"] for r in rows})
-                ax.plot(ns, [4 * (n - 1) for n in ns], ":", color="0.4", label="4(n - 1)")
-            ax.set(xscale="log", yscale="log", xlabel="validators n", ylabel=label)
-            ax.legend()
-        fig.suptitle("PBFT per decision, real BLS votes, simulated network", fontsize=10)
+                ax.plot(ns, [4 * (n - 1) for n in ns], ":", color="0.3", label="4(n - 1)")
+            ax.set(xscale="log", xlabel="validators n", ylabel=label, title=title)
+            plain_log_axis(ax.xaxis, ns)
+            if q == "virtual_latency":  # flat in n: a linear axis from 0 shows how flat
+                ax.set_ylim(0, 1.2 * max(r[q] for r in rows if not r["skipped"]))
+            else:
+                ax.set_yscale("log")
+                ys = [r[q] for r in rows if not r["skipped"]]
+                few_decades = max(ys) / min(ys) < 100  # then label 2 and 5 too
+                plain_log_axis(ax.yaxis, subs=(1.0, 2.0, 5.0) if few_decades else (1.0,))
+                ax.margins(y=0.12)
+            ax.margins(x=0.08)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=3)
+        fig.suptitle(
+            "PBFT per decision: real BLS votes and QCs, simulated network, a value submitted "
+            f"every {config['submit_interval']:g} network delay"
+            f"{'' if config['submit_interval'] == 1 else 's'}; slopes: least-squares fit of log y on log n"
+        )
         return save_figure(fig, fig_dir, NAME, scale=scale)

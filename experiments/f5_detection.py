@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import DATA_CSV, figure, read_csv, read_metadata, save_figure, write_csv
+from experiments.common import (
+    DATA_CSV,
+    figure,
+    plain_log_axis,
+    read_csv,
+    read_metadata,
+    save_figure,
+    write_csv,
+)
 
 NAME = "f5_detection"
 
@@ -99,7 +107,7 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                 detection_probability(p, n_v, n_v - byz, cheat, rounds, n_workers=n_w) for p in grid
             ]
             ax.plot(
-                grid, curve, "-", color=color, label=f"closed form, cheats in {cheat:g} of rounds"
+                grid, curve, "-", color=color, label=f"closed form, cheats in {cheat:.0%} of rounds"
             )
             pts = sorted((r for r in rows if r["cheat_rate"] == cheat), key=lambda r: r["budget"])
             err = [
@@ -124,5 +132,6 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
             title=f"{n_v} validators ({byz} Byzantine), {n_w} workers; "
             f"points: measured over {first['seeds']} seeds",
         )
+        plain_log_axis(ax.xaxis, subs=(1.0, 2.0, 5.0))
         ax.legend(loc="lower right")
         return save_figure(fig, fig_dir, NAME, scale=scale)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import DATA_CSV, figure, read_csv, read_metadata, save_figure, write_csv
+from experiments.common import (
+    DATA_CSV,
+    display_name,
+    figure,
+    read_csv,
+    read_metadata,
+    save_figure,
+    write_csv,
+)
 from experiments.protocol_runs import run_and_collect
 
 NAME = "f6_robustness"
@@ -129,32 +137,46 @@ def run(config: Config, data_dir: Path) -> None:
     write_csv(Path(data_dir) / DATA_CSV, rows)
 
 
+def defense_label(defense: str, budget: float | None = None) -> str:
+    """``spot_check`` -> "spot checks (p = 0.1)"; ``robust_only:krum`` -> "Krum, no verification"."""
+    if defense == "spot_check":
+        return "spot checks\n" + (f"(p = {budget:g}), mean" if budget is not None else "mean")
+    _, _, rule = defense.partition(":")
+    return f"{display_name(rule)},\nno verification"
+
+
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
+    """Heatmap of the mean over seeds; each cell also gives the min-max over seeds."""
     rows = read_csv(Path(data_dir) / DATA_CSV)
-    scale = read_metadata(data_dir)["scale"]
+    meta = read_metadata(data_dir)
+    scale, config = meta["scale"], meta["config"]
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    acc = np.array(
+    seeds = sorted({r["seed"] for r in rows})
+    cells = [
         [
-            [
-                statistics.mean(
-                    r["pot_accuracy"] for r in rows if r["attack"] == a and r["defense"] == d
-                )
-                for d in defenses
-            ]
-            for a in attacks
+            [r["pot_accuracy"] for r in rows if r["attack"] == a and r["defense"] == d]
+            for d in defenses
         ]
-    )
-    central = statistics.mean(r["centralized_accuracy"] for r in rows)
-    with figure(figsize=(1.6 * len(defenses) + 2, 0.7 * len(attacks) + 2)) as (fig, ax):
+        for a in attacks
+    ]
+    acc = np.array([[statistics.mean(c) for c in row] for row in cells])
+    centrals = [r["centralized_accuracy"] for r in rows]
+    central = statistics.mean(centrals)
+    with figure(figsize=(1.7 * len(defenses) + 2.6, 0.85 * len(attacks) + 2.4)) as (fig, ax):
         im = ax.imshow(acc, cmap="viridis", vmin=0.0, vmax=max(central, float(acc.max())))
         ax.grid(False)
         for i in range(len(attacks)):
             for j in range(len(defenses)):
+                spread = (
+                    f"\n{min(cells[i][j]):.3f}-{max(cells[i][j]):.3f}"
+                    if len(cells[i][j]) > 1
+                    else ""
+                )
                 ax.text(
                     j,
                     i,
-                    f"{acc[i, j]:.3f}",
+                    f"{acc[i, j]:.3f}{spread}",
                     ha="center",
                     va="center",
                     color="w" if acc[i, j] < 0.6 * central else "k",
@@ -162,13 +184,20 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                 )
         ax.set_xticks(
             range(len(defenses)),
-            [d.replace("robust_only:", "no verif.\n") for d in defenses],
+            [defense_label(d, config.get("budget")) for d in defenses],
             fontsize=8,
         )
-        ax.set_yticks(range(len(attacks)), attacks)
+        ax.set_yticks(range(len(attacks)), [display_name(a) for a in attacks])
+        ax.tick_params(length=0)
+        ax.set(xlabel="defense (verification, aggregation rule)", ylabel="worker attack")
         n_byz = rows[0]["n_byzantine"]
+        spread = f"min-max over {len(seeds)} seeds below" if len(seeds) > 1 else "1 seed"
         ax.set_title(
-            f"Final PoT test accuracy, {n_byz} Byzantine workers (centralized: {central:.3f})"
+            f"Final PoT test accuracy: mean over seeds ({spread})\n"
+            f"{display_name(config['dataset'])}, W = {config['workers']} workers of which "
+            f"{n_byz} Byzantine ({n_byz / config['workers']:.0%}), {config['rounds']} rounds, {len(seeds)} seed"
+            f"{'s' if len(seeds) != 1 else ''}; centralized: {central:.3f} "
+            f"({min(centrals):.3f}-{max(centrals):.3f})"
         )
         fig.colorbar(im, ax=ax, label="test accuracy")
         return save_figure(fig, fig_dir, NAME, scale=scale)

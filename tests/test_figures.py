@@ -8,8 +8,10 @@ figures are regenerated.
 import dataclasses
 import importlib
 import shutil
+from pathlib import Path
 
 import pytest
+from matplotlib.text import Text
 
 from experiments import FIGURES, SCALES, load, run_figures
 from experiments.common import DATA_CSV, DATA_JSONL, METADATA, read_metadata
@@ -69,6 +71,56 @@ def test_plot_reads_only_the_data_files(smoke_run, tmp_path, name):
     paths = load(name).plot(data, tmp_path / "fig")
     assert sorted(p.name for p in paths) == sorted([f"{name}.png", f"{name}.pdf"])
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+PAPER_FIGURES = Path(__file__).resolve().parents[1] / "paper_figures"
+SMOKE_STAMP = "smoke scale: not a measurement"
+
+
+def _texts_under_the_stamp(fig) -> list[str]:
+    """Every non-empty text of ``fig`` whose drawn box overlaps the smoke stamp's."""
+    renderer = fig.canvas.get_renderer()
+    stamps = [t for t in fig.texts if t.get_text() == SMOKE_STAMP]
+    assert len(stamps) == 1, "a smoke-scale figure carries exactly one stamp"
+    box = stamps[0].get_window_extent(renderer)
+    return [
+        t.get_text()
+        for t in fig.findobj(Text)
+        if t is not stamps[0]
+        and t.get_visible()
+        and t.get_text().strip()
+        and t.get_window_extent(renderer).overlaps(box)
+    ]
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_smoke_stamp_covers_no_label_title_or_legend(smoke_run, tmp_path, monkeypatch, name):
+    """The stamp on a smoke-scale figure overlaps no other text of the figure."""
+    root, _ = smoke_run
+    module = load(name)
+    real_save = module.save_figure
+    under = []
+
+    def save_and_check(fig, fig_dir, fig_name, *, scale=None):
+        paths = real_save(fig, fig_dir, fig_name, scale=scale)
+        under.append(_texts_under_the_stamp(fig))
+        return paths
+
+    monkeypatch.setattr(module, "save_figure", save_and_check)
+    module.plot(root / name, tmp_path)
+    assert under == [[]]
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_committed_paper_data_still_plot(tmp_path, name):
+    """The plot code reads the committed paper-scale data files as they are."""
+    data = PAPER_FIGURES / name
+    if not (data / METADATA).exists():
+        pytest.skip(f"no committed data for {name}")
+    paths = load(name).plot(data, tmp_path)
+    assert sorted(p.name for p in paths) == sorted([f"{name}.png", f"{name}.pdf"])
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert read_metadata(data)["scale"] == "paper"
 
 
 def test_unknown_figure_name_raises_value_error_naming_it(tmp_path):
