@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 
 from pot_jax.config import (
@@ -17,6 +18,16 @@ from pot_jax.config import (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pot_jax.protocol.runner import NoQuorum
+
+    try:
+        return _train(args)
+    except NoQuorum as stop:
+        print(f"pot-jax train: {stop}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
     from pot_jax.protocol.runner import resume_protocol, run_protocol
 
     if args.resume:
@@ -98,10 +109,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from pot_jax.network.scenario import ScenarioConfig, run_scenario
     from pot_jax.network.simulator import NetworkConfig
 
-    byzantine = tuple(
-        (int(node), name)
-        for node, _, name in (item.partition(":") for item in args.byzantine.split(",") if item)
-    )
+    byzantine = _parse_byzantine(args.byzantine, args.n)
+    twins = _parse_indices("--twins", args.twins, args.n)
     config = ScenarioConfig(
         n=args.n,
         pattern=args.pattern,
@@ -111,7 +120,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         network=NetworkConfig(drop_rate=args.drop, duplicate_rate=args.duplicate, gst=args.gst),
         byzantine=byzantine,
-        twins=tuple(int(t) for t in args.twins.split(",") if t),
+        twins=twins,
     )
     _emit(run_scenario(config), args.json)
     return 0
@@ -123,7 +132,7 @@ def _cmd_bench_consensus(args: argparse.Namespace) -> int:
     from pot_jax.network.scenario import bench_consensus
     from pot_jax.runinfo import device_description
 
-    ns = tuple(int(n) for n in args.ns.split(","))
+    ns = _positive_ints("--ns", args.ns)
     result = bench_consensus(
         ns,
         values=args.values,
@@ -212,7 +221,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from pot_jax.bench.throughput import measure_throughput
 
-    hidden = tuple(int(w) for w in args.hidden.split(","))
+    hidden = _positive_ints("--hidden", args.hidden)
     result = measure_throughput(
         model=args.model,
         batch=args.batch,
@@ -235,7 +244,7 @@ def _cmd_bench_crypto(args: argparse.Namespace) -> int:
     from pot_jax.crypto.worker_signatures import bench_worker_signatures
     from pot_jax.runinfo import device_description
 
-    sizes = tuple(int(n) for n in args.sizes.split(","))
+    sizes = _positive_ints("--sizes", args.sizes)
     backends = args.backends.split(",") if args.backends else list(bls.BACKENDS)
     unknown = sorted(set(backends) - set(bls.BACKENDS))
     if unknown:
@@ -264,6 +273,80 @@ def _emit(result: dict, as_json: bool) -> None:
     print(json.dumps(result, indent=indent, sort_keys=True, default=_json_default))
 
 
+def _positive_ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated positive integers") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated positive integers")
+    return values
+
+
+def _parse_indices(flag: str, text: str, n: int) -> tuple[int, ...]:
+    """Comma-separated node indices in [0, n), or a one-line error naming ``flag``."""
+    out = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            index = int(item)
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: {item!r} is not an integer") from None
+        if not 0 <= index < n:
+            raise ValueError(f"{flag} {text!r}: node {index} is outside 0..{n - 1} (--n {n})")
+        out.append(index)
+    return tuple(out)
+
+
+def _parse_byzantine(text: str, n: int) -> tuple[tuple[int, str], ...]:
+    """``NODE:STRATEGY[+STRATEGY],...`` checked against n and the registered strategies."""
+    from pot_jax.network.byzantine import STRATEGIES
+
+    out = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        node, sep, name = item.partition(":")
+        if not sep or not name:
+            raise ValueError(
+                f"--byzantine {item!r}: expected NODE:STRATEGY with a strategy from "
+                f"{', '.join(sorted(STRATEGIES))}"
+            )
+        (index,) = _parse_indices("--byzantine", node, n)
+        unknown = [x for x in name.split("+") if x not in STRATEGIES]
+        if unknown:
+            raise ValueError(
+                f"--byzantine {item!r}: unknown strategy {', '.join(unknown)}; expected names "
+                f"from {', '.join(sorted(STRATEGIES))} joined by '+'"
+            )
+        out.append((index, name))
+    return tuple(out)
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False):
+    """An argparse type for a finite float in [low, high] ((low, high] when ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        below = value <= low if low_open else value < low
+        if not math.isfinite(value) or below or value > high:
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{text!r} is not in {bracket}{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -274,10 +357,37 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    import pot_jax
+
+    return pot_jax.__version__
+
+
+def _flag_message(err: ConfigError) -> str:
+    """A config error in the command line's words: ``budget = 0`` -> ``--budget 0``."""
+    text = str(err)
+    name, sep, rest = text.partition(" = ")
+    if sep and name.isidentifier():
+        return f"--{name.replace('_', '-')} {rest}"
+    return _flag_words(text)
+
+
+def _flag_words(text: str) -> str:
+    """``data_dir /x does not exist`` -> ``--data-dir /x does not exist`` for config fields."""
+    name, sep, rest = text.partition(" ")
+    fields = {f.name for cls in (ProtocolConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    if sep and name in fields:
+        return f"--{name.replace('_', '-')} {rest}"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pot-jax",
         description="Proof of Training in JAX: verifiable data-parallel training.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pot-jax {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -356,18 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pattern", choices=("all_to_all", "linear"), default="linear")
     sim.add_argument("--values", type=_positive_int, default=4, help="values to decide")
     sim.add_argument(
-        "--submit-interval", type=float, default=0.0, help="virtual time between submissions"
+        "--submit-interval", type=_number(0), default=0.0, help="virtual time between submissions"
     )
     sim.add_argument(
         "--piggyback-delay",
-        type=float,
+        type=_number(0),
         default=1.0,
         help="linear pattern: longest wait of a held QC for a carrier (0: no piggybacking)",
     )
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--drop", type=float, default=0.0, help="message drop rate before GST")
-    sim.add_argument("--duplicate", type=float, default=0.0, help="duplication rate")
-    sim.add_argument("--gst", type=float, default=0.0, help="global stabilisation time")
+    sim.add_argument("--drop", type=_number(0, 1), default=0.0, help="message drop rate before GST")
+    sim.add_argument("--duplicate", type=_number(0, 1), default=0.0, help="duplication rate")
+    sim.add_argument("--gst", type=_number(0), default=0.0, help="global stabilisation time")
     sim.add_argument(
         "--byzantine", default="", help="NODE:STRATEGY,... (strategies combine with '+')"
     )
@@ -433,17 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--values", type=_positive_int, default=16, help="values in the stream (1: a lone one)"
     )
     co.add_argument(
-        "--submit-interval", type=float, default=1.0, help="virtual time between submissions"
+        "--submit-interval", type=_number(0), default=1.0, help="virtual time between submissions"
     )
     co.set_defaults(func=_cmd_bench_consensus)
 
     de = bench_sub.add_parser("detection", help="spot-check detection vs. the closed form")
     de.add_argument("--json", action="store_true", help="print one JSON object on one line")
-    de.add_argument("--budget", type=float, default=0.1)
+    de.add_argument("--budget", type=_number(0, 1, low_open=True), default=0.1)
     de.add_argument("--validators", type=_positive_int, default=4)
-    de.add_argument("--byzantine-validators", type=int, default=1)
+    de.add_argument("--byzantine-validators", type=_nonnegative_int, default=1)
     de.add_argument("--workers", type=_positive_int, default=16)
-    de.add_argument("--cheat-rate", type=float, default=0.1)
+    de.add_argument("--cheat-rate", type=_number(0, 1, low_open=True), default=0.1)
     de.add_argument("--rounds", type=_positive_int, default=1000)
     de.add_argument("--seeds", type=_positive_int, default=100)
     de.add_argument(
@@ -462,8 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        print(f"pot-jax {args.command}: error: {err}", file=sys.stderr)
+    except ConfigError as err:
+        print(f"pot-jax {args.command}: error: {_flag_message(err)}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
+        print(f"pot-jax {args.command}: error: {_flag_words(str(err))}", file=sys.stderr)
         return 2
 
 

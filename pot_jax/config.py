@@ -208,6 +208,11 @@ class ProtocolConfig(_LearningConfig):
         "what Byzantine validators do (pot_jax.network.byzantine.STRATEGIES, '+' combines)",
         "silent",
     )
+    beyond_f: bool = _help(
+        "allow more than f = (validators-1)//3 Byzantine validators, to watch PBFT lose its "
+        "quorum: the run stops at the first round that cannot commit, its transcript intact",
+        False,
+    )
     pattern: str = _help("PBFT message pattern: linear (collector QCs) or all_to_all", "linear")
     byzantine_fraction: float = _help("fraction of workers that are Byzantine", 0.25)
     attack: str = _help("what Byzantine workers do (pot_jax.attacks.ATTACK_NAMES)", "alie")
@@ -272,6 +277,13 @@ class ProtocolConfig(_LearningConfig):
             raise ConfigError(
                 f"byzantine_validators = {self.byzantine_validators!r}: expected distinct "
                 f"indices in [0, {self.validators})"
+            )
+        f = (self.validators - 1) // 3
+        if len(ids) > f and not self.beyond_f:
+            raise ConfigError(
+                f"byzantine_validators = {self.byzantine_validators!r}: {len(ids)} Byzantine of "
+                f"{self.validators} validators is more than f = {f}; PBFT cannot commit. Add "
+                "--beyond-f to run it anyway and watch it stop"
             )
         if not self.chain_id or len(self.chain_id.encode()) > 64:
             raise ConfigError(f"chain_id = {self.chain_id!r}: expected 1 to 64 bytes")

@@ -47,9 +47,9 @@ def test_same_seed_same_metrics(tmp_path):
     [
         (["--model", "resnet"], "model name 'resnet' is unknown"),
         (["--dataset", "imagenet"], "imagenet"),
-        (["--workers", "0"], "workers = 0: expected a positive integer"),
-        (["--learning-rate", "nan"], "learning_rate = nan"),
-        (["--partition", "zipf"], "partition = 'zipf'"),
+        (["--workers", "0"], "--workers 0: expected a positive integer"),
+        (["--learning-rate", "nan"], "--learning-rate nan"),
+        (["--partition", "zipf"], "--partition 'zipf'"),
         (["--aggregation", "average"], "average"),
         (
             ["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"],
@@ -159,13 +159,16 @@ def test_keygen_then_train_with_keys_then_a_pinned_audit(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--validators", "3"], "validators = 3"),
-        (["--byzantine-validators", "7"], "byzantine_validators = '7'"),
-        (["--budget", "0"], "budget = 0"),
+        (["--validators", "3"], "--validators 3"),
+        (["--byzantine-validators", "7"], "--byzantine-validators '7'"),
+        (["--byzantine-validators", "0,1"], "is more than f = 1"),
+        (["--budget", "nan"], "--budget nan"),
+        (["--learning-rate", "-1"], "--learning-rate -1"),
+        (["--budget", "0"], "--budget 0"),
         (["--attack", "teleport"], "teleport"),
-        (["--pattern", "gossip"], "pattern = 'gossip'"),
+        (["--pattern", "gossip"], "--pattern 'gossip'"),
         (["--validator-strategy", "silent+lying"], "unknown ['lying']"),
-        (["--mode", "approximate"], "mode = 'approximate'"),
+        (["--mode", "approximate"], "--mode 'approximate'"),
     ],
 )
 def test_bad_protocol_config_is_rejected_with_field_and_value(tmp_path, capsys, flags, message):
@@ -250,3 +253,53 @@ def test_the_progress_bar_stays_off_when_stderr_is_not_a_terminal(tmp_path):
         check=True,
     )  # fmt: skip
     assert "\r" not in out.stderr and "\r" not in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["simulate", "--byzantine", "9:silent"], "--byzantine '9': node 9 is outside 0..3"),
+        (["simulate", "--byzantine", "0"], "--byzantine '0': expected NODE:STRATEGY"),
+        (["simulate", "--byzantine", "0:equivocate"], "unknown strategy equivocate"),
+        (["simulate", "--twins", "7"], "--twins '7': node 7 is outside 0..3"),
+        (["simulate", "--drop", "1.5"], "--drop: '1.5' is not in [0, 1]"),
+        (["bench", "crypto", "--sizes", "4,x"], "--sizes '4,x'"),
+        (["bench", "detection", "--budget", "nan"], "--budget: 'nan' is not in (0, 1]"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "--data-dir /nonexistent"),
+    ],
+)
+def test_bad_flags_get_one_line_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) if "--drop" in argv or "nan" in argv else _nothing():
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and "pot-jax 0.1.0" in capsys.readouterr().out
+
+
+def test_beyond_f_stops_with_one_line_and_an_unfinished_auditable_transcript(tmp_path, capsys):
+    run = tmp_path / "pot"
+    argv = ["train", *PROTOCOL_TINY, "--byzantine-validators", "0,1", "--beyond-f"]
+    assert main([*argv, "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no quorum from round 0: more than f validators faulty" in err[0]
+    assert main(["audit", str(run)]) == 3
+
+
+def test_keygen_refuses_a_directory_inside_a_run(tmp_path, capsys):
+    run = tmp_path / "pot"
+    assert main(["train", *PROTOCOL_TINY, "--run-dir", str(run)]) == 0
+    assert main(["keygen", str(run / "keys")]) == 2
+    assert "never live inside a run directory" in capsys.readouterr().err

@@ -155,9 +155,16 @@ class NewView:
 
 @dataclass(frozen=True)
 class Fetch:
-    """Ask a peer for decision proofs from sequence ``from_seq`` on (state transfer)."""
+    """Ask a peer for decision proofs from sequence ``from_seq`` on (state transfer).
+
+    ``from_seq - 1`` is the asker's last executed sequence, so a fetch also says where
+    the asker is. ``status`` (a restarted replica's status request) asks the peer to
+    answer with a fetch of its own even when it has nothing newer: the asker counts
+    who answered.
+    """
 
     from_seq: int
+    status: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,7 +291,7 @@ def encode_message(m: Message) -> bytes:
         parts += [_field(_enc_preprepare_body(p)) for p in m.preprepares]
         return b"".join(parts)
     if isinstance(m, Fetch):
-        return tag + _u64(m.from_seq)
+        return tag + _u64(m.from_seq) + (b"\x01" if m.status else b"\x00")
     if isinstance(m, Decided):
         return tag + _u64(m.seq) + _u64(m.view) + _opt_value(m.value) + _field(m.qc.encode())
     if isinstance(m, Bundle):
@@ -479,7 +486,11 @@ def decode_message(data: bytes) -> Message:
         )
         m = NewView(view, vcs, pps)
     elif tag == 6:
-        m = Fetch(r.u64("from sequence"))
+        from_seq = r.u64("from sequence")
+        flag = r.u8("status flag")
+        if flag not in (0, 1):
+            raise MalformedMessage(f"status flag of fetch is {flag}, expected 0 or 1")
+        m = Fetch(from_seq, flag == 1)
     elif tag == 7:
         seq = r.u64("sequence")
         view = r.u64("view")

@@ -43,7 +43,17 @@ Protocol, for n >= 4 validators, f = (n - 1) // 3 and q = quorum_size(n):
 * Safety of signing: every vote is recorded in the durable part of the state
   before the message carrying it is returned, and a replica refuses to sign
   a second digest for the same (kind, view, sequence). Durable state
-  (``DurableState``) survives a crash; ``recover`` rebuilds a replica from it.
+  (``DurableState``, including the pending client requests) survives a
+  crash; ``recover`` rebuilds a replica from it.
+* Recovery: a restarted replica cannot count on new traffic to learn what
+  it missed (it may restart after the last request), so it runs status
+  rounds: it broadcasts ``Fetch(last_executed + 1, status=True)``; each peer
+  answers with its stable checkpoint certificate, the decision proofs (value
+  and commit QC) of a batch it has from there, the proof of its own last
+  decision when it has more than the batch, and a fetch of its own that
+  says where it is. Every proof is verified before it is adopted. Recovery
+  ends after a round, not the first, in which q - 1 peers answered and the
+  replica learned nothing (proofs/liveness.md, step 4).
 * Bad input (malformed, oversized, wrongly signed, wrong view, outside the
   window, a forged QC) is dropped with a ``Dropped`` record saying why,
   logged at DEBUG level, and never changes the state or raises.
@@ -131,6 +141,7 @@ PATTERNS = (ALL_TO_ALL, LINEAR)
 REQUEST_TIMER = "request"
 VIEW_CHANGE_TIMER = "view-change"
 FLUSH_TIMER = "flush"
+RECOVERY_TIMER = "recovery"
 GENESIS_DIGEST = hashlib.sha256(b"pot-jax/pbft/genesis/v1").digest()
 
 
@@ -353,6 +364,7 @@ class ReplicaState:
     state_digest: bytes = GENESIS_DIGEST
     stable: StableCheckpoint = StableCheckpoint(0, GENESIS_DIGEST)
     last_view_change: bytes | None = None
+    pending: Mapping[bytes, bytes] = field(default_factory=dict)  # client requests, by digest
     # volatile
     preprepares: Mapping[tuple[int, int], PendingPrePrepare] = field(default_factory=dict)
     votes: Mapping[tuple[str, int, int], Mapping[int, VoteRecord]] = field(default_factory=dict)
@@ -362,16 +374,19 @@ class ReplicaState:
     committed: Mapping[int, Certified] = field(default_factory=dict)
     checkpoint_votes: Mapping[int, Mapping[int, VoteRecord]] = field(default_factory=dict)
     view_changes: Mapping[int, ViewChange] = field(default_factory=dict)
-    pending: Mapping[bytes, bytes] = field(default_factory=dict)
     decided_digests: Mapping[bytes, int] = field(default_factory=dict)
     proposed: Mapping[bytes, int] = field(default_factory=dict)
     next_seq: int = 1
     timers: Mapping[str, int] = field(default_factory=dict)
     timer_counter: int = 0
     vc_attempts: int = 0
+    vc_quorum_view: int = -1  # the view whose view-change quorum restarted the timer
     fetch_tried: bool = False
     fetch_target: int = 0
     fetch_next: int = 0
+    recovery_round: int = 0  # 0: not recovering; k: in status round k since the restart
+    recovery_heard: frozenset[int] = frozenset()  # peers that said where they are this round
+    recovery_mark: int = 0  # last_executed when the round began
     future: tuple[tuple[int, int, bytes], ...] = ()
     suspects: frozenset[int] = frozenset()
     outbox: tuple[tuple[int | None, bytes], ...] = ()
@@ -387,12 +402,17 @@ DURABLE_FIELDS = (
     "state_digest",
     "stable",
     "last_view_change",
+    "pending",
 )
 
 
 @dataclass(frozen=True)
 class DurableState:
-    """What a replica writes to stable storage before sending anything."""
+    """What a replica writes to stable storage before sending anything.
+
+    ``pending`` holds the client requests not yet decided: a request is logged when
+    it is accepted, so it stays pending across a crash (proofs/liveness.md, step 4).
+    """
 
     view: int
     active: bool
@@ -403,6 +423,7 @@ class DurableState:
     state_digest: bytes
     stable: StableCheckpoint
     last_view_change: bytes | None
+    pending: Mapping[bytes, bytes]
 
 
 def durable_state(state: ReplicaState) -> DurableState:
@@ -429,17 +450,20 @@ def recover(replica: Replica, durable: DurableState) -> StepResult:
     """Restart after a crash from durable state; volatile state starts empty.
 
     A replica that crashed during a view change re-sends its (durably
-    recorded) view-change message and re-arms the view-change timer.
+    recorded) view-change message and re-arms the view-change timer. Every
+    restarted replica starts status rounds to learn the decisions it missed
+    (see the module docstring), and re-arms the request timer for its pending
+    requests; a primary skips the values it already proposed in this view.
     """
     base = ReplicaState(**{name: getattr(durable, name) for name in DURABLE_FIELDS})
-    max_prepare = max(
-        (s for (kind, v, s) in durable.signed if kind == PREPARE and v == durable.view),
-        default=0,
-    )
+    prepares = {
+        s: d for (kind, v, s), d in durable.signed.items() if kind == PREPARE and v == durable.view
+    }
     base = dataclasses.replace(
         base,
         decided_digests={c.digest: s for s, c in durable.ledger.items()},
-        next_seq=max(durable.last_executed, durable.stable.seq, max_prepare) + 1,
+        proposed={d: s for s, d in prepares.items()},
+        next_seq=max(durable.last_executed, durable.stable.seq, *prepares) + 1,
     )
     run = _Step(replica, base)
     try:
@@ -451,6 +475,10 @@ def recover(replica: Replica, durable: DurableState) -> StepResult:
                 run.t.wi("view_changes", None)[replica.index] = vc
     except (MalformedMessage, CryptoError):
         pass
+    run.start_recovery_round()
+    run.arm_request_timer()
+    run.propose()
+    run.settle_outbox()
     return run.result()
 
 
@@ -720,12 +748,23 @@ class _Step:
             self.start_view_change(self.view + 1)
         elif name == FLUSH_TIMER:
             self.flush_outbox()
+        elif name == RECOVERY_TIMER:
+            self.end_recovery_round()
         elif name == VIEW_CHANGE_TIMER:
             if not self.active:
                 # A replica alone in a higher view must not go back to a lower one (its
                 # view change promised not to), but it can still learn decisions.
                 self.broadcast(encode_message(Fetch(self.last_executed + 1)))
-                self.start_view_change(self.view + 1)
+                if self.view_change_quorum():
+                    self.start_view_change(self.view + 1)
+                else:
+                    # Fewer than q replicas have reached this view: moving further would
+                    # only leapfrog those still on their way (they never catch up once
+                    # the timeouts are capped). Say it again and wait for them.
+                    previous = self.t.get("last_view_change")
+                    if previous is not None:
+                        self.broadcast(previous)
+                    self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
 
     def on_deliver(self, src: int, data: bytes) -> None:
         self.src = src
@@ -1245,6 +1284,8 @@ class _Step:
         if m.from_seq < 1:
             self.drop("malformed", f"fetch from sequence {m.from_seq}, expected >= 1")
             return
+        if self.t.get("recovery_round"):
+            self.t.set("recovery_heard", self.t.get("recovery_heard") | {src})
         stable = self.t.get("stable")
         if 0 < stable.seq and stable.seq >= m.from_seq - 1:
             # The asker may lack this checkpoint's certificate (a lost QC broadcast, or
@@ -1256,22 +1297,26 @@ class _Step:
                 src, encode_message(Cert(CHECKPOINT, 0, stable.seq, stable.digest, stable.qc))
             )
         end = min(self.last_executed, m.from_seq + self.c.fetch_batch - 1)
-        ledger = self.t.get("ledger")
         for s in range(m.from_seq, end + 1):
-            c = ledger[s]
-            if c.qc is None:
-                c = dataclasses.replace(c, qc=self.qc_of(c), votes=None)
-                self.t.w("ledger")[s] = c
-            self.send(src, encode_message(Decided(s, c.view, c.value, c.qc)))
+            self.send(src, self.decision_proof(s))
+        if self.last_executed > end:
+            # More than a batch ahead: prove how far, so the asker keeps fetching.
+            self.send(src, self.decision_proof(self.last_executed))
+        if m.status:
+            self.send(src, encode_message(Fetch(self.last_executed + 1)))
+
+    def decision_proof(self, s: int) -> bytes:
+        """``Decided`` for executed sequence ``s``, its votes aggregated into a QC once."""
+        c = self.t.get("ledger")[s]
+        if c.qc is None:
+            c = dataclasses.replace(c, qc=self.qc_of(c), votes=None)
+            self.t.w("ledger")[s] = c
+        return encode_message(Decided(s, c.view, c.value, c.qc))
 
     def on_decided(self, src: int, m: Decided) -> None:
         s = m.seq
         if s <= self.last_executed or s in self.t.get("committed"):
             self.drop("late", f"decision proof for seq {s}, already committed")
-            return
-        limit = self.last_executed + 4 * self.c.window + self.c.fetch_batch
-        if s > limit:
-            self.drop("out-of-window", f"decision proof for seq {s} beyond {limit}")
             return
         if not self.value_ok(m.value):
             return
@@ -1279,10 +1324,41 @@ class _Step:
         if not self.r.verifier.verify_qc(self.msg(COMMIT, m.view, s, d), m.qc, self.c.quorum):
             self.drop("bad-qc", f"commit QC in decision proof for seq {s} does not verify")
             return
-        self.commit(s, Certified(m.view, d, m.value, None, m.qc))
-        target = self.t.get("fetch_target")
+        target = max(self.t.get("fetch_target"), s)
+        self.t.set("fetch_target", target)
+        if s <= self.last_executed + 4 * self.c.window + self.c.fetch_batch:
+            self.commit(s, Certified(m.view, d, m.value, None, m.qc))
+        # else: too far ahead to hold, but it proves how far to fetch.
         if self.last_executed < target and self.last_executed >= self.t.get("fetch_next"):
             self.fetch([src])
+
+    def start_recovery_round(self) -> None:
+        """Ask every peer where it is and for the decisions after ours (a status round)."""
+        k = self.t.get("recovery_round") + 1
+        self.t.set("recovery_round", k)
+        self.t.set("recovery_heard", frozenset())
+        self.t.set("recovery_mark", self.last_executed)
+        start = self.last_executed + 1
+        self.t.set("fetch_next", start + self.c.fetch_batch - 1)
+        self.broadcast(encode_message(Fetch(start, status=True)))
+        exponent = min(k - 1, self.c.max_backoff_exponent)
+        self.set_timer(RECOVERY_TIMER, self.c.request_timeout * (2**exponent))
+
+    def end_recovery_round(self) -> None:
+        """Recovered after a round, not the first, in which q - 1 peers answered and
+        nothing was learned; else ask again. The first round may race with decisions
+        that messages lost while the replica was down were completing."""
+        quiet = (
+            self.t.get("recovery_round") >= 2
+            and len(self.t.get("recovery_heard")) >= self.c.quorum - 1
+            and self.last_executed == self.t.get("recovery_mark")
+            and self.last_executed >= self.t.get("fetch_target")
+        )
+        if quiet:
+            self.t.set("recovery_round", 0)
+            self.t.set("recovery_heard", frozenset())
+        else:
+            self.start_recovery_round()
 
     # -- view change -----------------------------------------------------------
 
@@ -1330,9 +1406,31 @@ class _Step:
         self.t.wi("view_changes", None)[self.me] = vc
         self.broadcast(data)
         self.cancel_timer(REQUEST_TIMER)
-        exponent = min(attempts, self.c.max_backoff_exponent)
-        self.set_timer(VIEW_CHANGE_TIMER, self.c.view_change_timeout * (2**exponent))
+        self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
+        if self.view_change_quorum():
+            self.t.set("vc_quorum_view", target)
         self.try_new_view()
+
+    def view_change_timeout(self) -> float:
+        """The base timeout doubled for each consecutive failed view, up to the cap."""
+        attempts = max(self.t.get("vc_attempts") - 1, 0)
+        return self.c.view_change_timeout * (2 ** min(attempts, self.c.max_backoff_exponent))
+
+    def view_change_quorum(self) -> bool:
+        """q replicas (this one included) have asked for this view or a higher one."""
+        v = self.view
+        return sum(1 for x in self.t.get("view_changes").values() if x.new_view >= v) >= (
+            self.c.quorum
+        )
+
+    def note_view_change_quorum(self) -> None:
+        """PBFT's view-change timer runs from the moment q replicas have joined the view:
+        restart it then, so the new primary gets the whole timeout."""
+        if self.active or self.t.get("vc_quorum_view") == self.view:
+            return
+        if self.view_change_quorum():
+            self.t.set("vc_quorum_view", self.view)
+            self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
 
     def gc_views(self, view: int) -> None:
         """Forget normal-case messages of views below ``view``."""
@@ -1406,6 +1504,7 @@ class _Step:
         )
         if len(higher) >= self.c.f + 1:
             self.start_view_change(higher[0])
+        self.note_view_change_quorum()
         self.try_new_view()
 
     def conflicting_view_change(self, old: ViewChange, vc: ViewChange) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from py_arkworks_bls12381 import GT, G1Point, G2Point, Scalar
 
 from ._bls_encoding import check_g1_encoding, check_g2_encoding, not_in_subgroup, not_on_curve
-from .errors import DecodeError
+from .errors import CryptoError, DecodeError
 
 
 class ArkworksBackend:
@@ -62,6 +62,12 @@ class ArkworksBackend:
     def g2_mul(self, point: G2Point, scalar: int) -> G2Point:
         return point * Scalar(scalar)
 
+    def g1_msm(self, points: Sequence[G1Point], scalars: Sequence[int]) -> G1Point:
+        return G1Point.multiexp_unchecked(list(points), _scalars(points, scalars))
+
+    def g2_msm(self, points: Sequence[G2Point], scalars: Sequence[int]) -> G2Point:
+        return G2Point.multiexp_unchecked(list(points), _scalars(points, scalars))
+
     def g1_sum(self, points: Sequence[G1Point]) -> G1Point:
         return sum(points, self._g1_identity)
 
@@ -74,6 +80,16 @@ class ArkworksBackend:
     def pairing_check(self, g1_points: Sequence[G1Point], g2_points: Sequence[G2Point]) -> bool:
         """True iff prod_i e(g1_i, g2_i) == 1 (one final exponentiation)."""
         return GT.pairing_check(list(g1_points), list(g2_points))
+
+
+def _scalars(points: Sequence, scalars: Sequence[int]) -> list[Scalar]:
+    # multiexp_unchecked zips its arguments (the shorter wins) and leaves subgroup
+    # membership to the caller, whose points all came through _decode.
+    if len(points) != len(scalars):
+        raise CryptoError(
+            f"multi-scalar multiplication of {len(points)} points by {len(scalars)} scalars"
+        )
+    return [Scalar(k) for k in scalars]
 
 
 def _decode(data: bytes, check_encoding, identity, point_type, group: str):

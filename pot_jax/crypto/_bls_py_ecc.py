@@ -31,7 +31,7 @@ from py_ecc.optimized_bls12_381 import (
 )
 
 from ._bls_encoding import check_g1_encoding, check_g2_encoding, not_in_subgroup, not_on_curve
-from .errors import DecodeError
+from .errors import CryptoError, DecodeError
 
 
 class PyEccBackend:
@@ -97,6 +97,12 @@ class PyEccBackend:
     def g2_mul(self, point, scalar: int):
         return multiply(point, scalar)
 
+    def g1_msm(self, points: Sequence, scalars: Sequence[int]):
+        return reduce(add, _products(points, scalars), Z1)
+
+    def g2_msm(self, points: Sequence, scalars: Sequence[int]):
+        return reduce(add, _products(points, scalars), Z2)
+
     def g1_sum(self, points: Sequence):
         return reduce(add, points, Z1)
 
@@ -112,3 +118,12 @@ class PyEccBackend:
         for p, q in zip(g1_points, g2_points, strict=True):
             acc *= pairing(q, p, final_exponentiate=False)
         return final_exponentiate(acc) == FQ12.one()
+
+
+def _products(points: Sequence, scalars: Sequence[int]) -> list:
+    """scalars[i] * points[i], one by one: the reference the arkworks multiexp is tested against."""
+    if len(points) != len(scalars):
+        raise CryptoError(
+            f"multi-scalar multiplication of {len(points)} points by {len(scalars)} scalars"
+        )
+    return [multiply(p, k) for p, k in zip(points, scalars, strict=True)]

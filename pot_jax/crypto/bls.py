@@ -53,13 +53,16 @@ __all__ = [
     "PublicKeyPoint",
     "SIGNATURE_SIZE",
     "Sign",
+    "SignaturePoint",
     "SkToPk",
     "Verify",
     "batch_verify",
+    "batch_verify_points",
     "batch_verify_with_dst",
     "decode_g1",
     "decode_g2",
     "decode_public_key",
+    "decode_signature",
     "expand_message_xmd",
     "fast_aggregate_verify_points",
     "get_backend",
@@ -82,9 +85,9 @@ _BACKEND_MODULES = {
     "py_ecc": ("pot_jax.crypto._bls_py_ecc", "PyEccBackend"),
 }
 
-# Random-linear-combination batch verification draws nonzero scalars of this
-# many bits: a batch containing an invalid signature passes with probability
-# at most 2**-64 (as in blst and the Ethereum clients).
+# Random-linear-combination batch verification draws its scalars uniformly
+# from [1, 2**64): a batch containing an invalid signature passes with
+# probability at most 1 / (2**64 - 1) (as in blst and the Ethereum clients).
 _BATCH_SCALAR_BITS = 64
 
 
@@ -97,7 +100,10 @@ class BLSBackend(Protocol):
 
     Points are opaque backend objects. ``g1_decode``/``g2_decode`` accept
     exactly the valid compressed encodings of subgroup points (infinity
-    included) and raise ``DecodeError`` otherwise.
+    included) and raise ``DecodeError`` otherwise. ``g1_msm``/``g2_msm`` are
+    multi-scalar multiplications sum_i scalars[i] * points[i] over points of
+    equal number (the identity for none); they raise ``CryptoError`` when the
+    lengths differ.
     """
 
     name: str
@@ -113,6 +119,8 @@ class BLSBackend(Protocol):
     def g1_neg_generator(self) -> object: ...
     def g1_mul(self, point: object, scalar: int) -> object: ...
     def g2_mul(self, point: object, scalar: int) -> object: ...
+    def g1_msm(self, points: Sequence[object], scalars: Sequence[int]) -> object: ...
+    def g2_msm(self, points: Sequence[object], scalars: Sequence[int]) -> object: ...
     def g1_sum(self, points: Sequence[object]) -> object: ...
     def g2_sum(self, points: Sequence[object]) -> object: ...
     def hash_to_g2(self, message: bytes, dst: bytes) -> object: ...
@@ -302,6 +310,34 @@ def decode_public_key(pk: bytes) -> PublicKeyPoint:
     return PublicKeyPoint(backend.name, _pk_point(backend, pk))
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class SignaturePoint:
+    """A signature decoded and subgroup-checked once by one backend."""
+
+    backend: str
+    point: object
+
+
+def decode_signature(signature: bytes) -> SignaturePoint:
+    """Decode a signature (a G2 subgroup point) and keep it; raise DecodeError on bad bytes."""
+    backend = get_backend()
+    return SignaturePoint(backend.name, backend.g2_decode(_as_bytes(signature, "signature")))
+
+
+def _raw(backend: BLSBackend, points: Sequence[PublicKeyPoint | SignaturePoint]) -> list[object]:
+    """The backend points inside decoded keys or signatures; raise if another backend made one."""
+    name = backend.name
+    raw = [p.point for p in points if p.backend == name]
+    if len(raw) != len(points):
+        wrong = next(p for p in points if p.backend != name)
+        what = "public key" if isinstance(wrong, PublicKeyPoint) else "signature"
+        raise CryptoError(
+            f"{what} point was decoded by backend {wrong.backend!r} but the active backend "
+            f"is {name!r}; decode keys and signatures with the backend that verifies"
+        )
+    return raw
+
+
 def KeyValidate(pk: bytes) -> bool:
     """KeyValidate (draft 2.5): a valid encoding of a nonzero point in G1's subgroup."""
     try:
@@ -398,14 +434,7 @@ def fast_aggregate_verify_points(
     if len(points) == 0:
         return False
     backend = get_backend()
-    name = backend.name
-    raw = [p.point for p in points if p.backend == name]
-    if len(raw) != len(points):
-        wrong = next(p.backend for p in points if p.backend != name)
-        raise CryptoError(
-            f"public key point was decoded by backend {wrong!r} but the active backend "
-            f"is {name!r}; decode keys with the backend that verifies"
-        )
+    raw = _raw(backend, points)
     message = _as_bytes(message, "message")
     aggregate = backend.g1_sum(raw)
     if backend.g1_is_identity(aggregate):
@@ -444,6 +473,40 @@ def PopVerify(pk: bytes, proof: bytes) -> bool:
 # Batch verification (not in the draft)
 
 
+def _batch_scalars(n: int) -> list[int]:
+    """n fresh scalars, uniform in [1, 2**64), from the operating system's CSPRNG."""
+    return [secrets.randbelow((1 << _BATCH_SCALAR_BITS) - 1) + 1 for _ in range(n)]
+
+
+def batch_verify_points(
+    points: Sequence[PublicKeyPoint], message: bytes, signatures: Sequence[SignaturePoint]
+) -> bool:
+    """True iff every signatures[i] is points[i]'s signature on ``message``, by random
+    linear combination: e(sum r_i PK_i, H(m)) * e(-P1, sum r_i sig_i) == 1.
+
+    The r_i are drawn afresh on every call (``_batch_scalars``), after the
+    signatures are fixed, so a batch holding an invalid signature passes with
+    probability at most 1 / (2**64 - 1); a plain sum would accept invalid
+    signatures that cancel (sig_1 + X, sig_2 - X). All valid: always True. A
+    single pair is checked exactly, without scalars. Keys must come from
+    ``decode_public_key`` with a checked proof of possession, signatures from
+    ``decode_signature`` (both subgroup-checked: the combination is only sound
+    in the prime-order groups). Empty or mismatched inputs return False.
+    """
+    n = len(points)
+    if n == 0 or len(signatures) != n:
+        return False
+    backend = get_backend()
+    pk_raw, sig_raw = _raw(backend, points), _raw(backend, signatures)
+    message = _as_bytes(message, "message")
+    if n == 1:
+        return _core_verify_points(backend, pk_raw[0], message, sig_raw[0], CIPHERSUITE_DST)
+    scalars = _batch_scalars(n)
+    combined_pk = backend.g1_msm(pk_raw, scalars)
+    combined_sig = backend.g2_msm(sig_raw, scalars)
+    return _core_verify_points(backend, combined_pk, message, combined_sig, CIPHERSUITE_DST)
+
+
 def batch_verify_with_dst(
     pks: Sequence[bytes],
     messages: Sequence[bytes],
@@ -453,13 +516,13 @@ def batch_verify_with_dst(
     """True iff every (pk_i, message_i, signature_i) verifies, by random linear combination.
 
     Checks prod_m e(sum_{i: m_i = m} r_i PK_i, H(m)) * e(-P1, sum_i r_i sig_i) == 1
-    with fresh random nonzero 64-bit r_i: one multi-pairing over the distinct
+    with fresh random r_i in [1, 2**64): one multi-pairing over the distinct
     messages instead of a pairing check per signature. Every key and
     signature is decoded and subgroup-checked individually first (the
     combination is only sound inside the prime-order subgroups). A batch with
-    any invalid triple is accepted with probability <= 2**-64; the random
-    scalars defeat pairs of invalid signatures that cancel in a plain sum.
-    An empty batch or mismatched lengths return False.
+    any invalid triple is accepted with probability <= 1 / (2**64 - 1); the
+    random scalars defeat pairs of invalid signatures that cancel in a plain
+    sum. An empty batch or mismatched lengths return False.
     """
     n = len(pks)
     if n == 0 or len(messages) != n or len(signatures) != n:
@@ -472,14 +535,17 @@ def batch_verify_with_dst(
         sig_points = [backend.g2_decode(_as_bytes(s, "signature")) for s in signatures]
     except DecodeError:
         return False
-    scalars = [secrets.randbits(_BATCH_SCALAR_BITS) or 1 for _ in range(n)]
-    by_message: dict[bytes, list[object]] = {}
+    scalars = _batch_scalars(n)
+    by_message: dict[bytes, tuple[list[object], list[int]]] = {}
     for pk_point, message, r in zip(pk_points, msgs, scalars, strict=True):
-        by_message.setdefault(message, []).append(backend.g1_mul(pk_point, r))
-    combined_sig = backend.g2_sum(
-        [backend.g2_mul(s, r) for s, r in zip(sig_points, scalars, strict=True)]
-    )
-    g1s = [backend.g1_sum(group) for group in by_message.values()]
+        group_points, group_scalars = by_message.setdefault(message, ([], []))
+        group_points.append(pk_point)
+        group_scalars.append(r)
+    combined_sig = backend.g2_msm(sig_points, scalars)
+    g1s = [
+        backend.g1_msm(group_points, group_scalars)
+        for group_points, group_scalars in by_message.values()
+    ]
     g2s = [hash_to_g2(backend, m, dst) for m in by_message]
     return backend.pairing_check([*g1s, backend.g1_neg_generator()], [*g2s, combined_sig])
 

@@ -30,17 +30,20 @@ from pot_jax.consensus.messages import (
     PrePrepare,
     ViewChange,
     Vote,
+    bundle_parts,
     decode_message,
     encode_message,
     view_change_digest,
 )
 from pot_jax.consensus.pbft import Replica, Send
+from pot_jax.crypto import bls
 from pot_jax.crypto.quorum import QuorumCertificate, sign_vote, vote_message
 
 from .cluster import Cluster, Node
 
 __all__ = [
     "Strategy",
+    "cancelling_votes",
     "compose",
     "double_voting",
     "equivocating_primary",
@@ -206,6 +209,48 @@ def invalid_signatures() -> Strategy:
     return Strategy("invalid-signatures", outgoing=outgoing)
 
 
+def cancelling_votes() -> Strategy:
+    """Collude so that invalid votes cancel in a plain sum: sig + X and sig' - X.
+
+    The nodes running this strategy, sorted by identity, take turns: the
+    first, third, ... add a fixed G2 point X to the signature of every vote
+    they cast (bundled ones too), the second, fourth, ... subtract it. Every
+    such vote is invalid, but a pair's sum equals the sum of two valid votes,
+    so only a sound batch check (random linear combination) rejects the pair
+    (tests/consensus/test_verifier.py, proofs/qc-unforgeability.md).
+    """
+    offsets: dict[bool, bytes] = {}
+
+    def offset(node, cluster) -> bytes:
+        colluders = sorted(
+            {
+                x.identity
+                for x in cluster.nodes
+                if x.strategy is not None and "cancelling-votes" in x.strategy.name.split("+")
+            }
+        )
+        plus = colluders.index(node.identity) % 2 == 0
+        if plus not in offsets:  # X = H(label) as a "signature" under key 1; -X under r - 1
+            key = 1 if plus else bls.CURVE_ORDER - 1
+            offsets[plus] = bls.sign_with_dst(key, b"offset X", b"pot-jax/cancelling-votes")
+        return offsets[plus]
+
+    def rewrite(data: bytes, x: bytes) -> bytes:
+        parts = bundle_parts(data)
+        if parts != (data,):
+            return encode_message(Bundle(tuple(rewrite(p, x) for p in parts)))
+        m = _decode(data) if data[:1] == b"\x02" else None
+        if not isinstance(m, Vote):
+            return data
+        return encode_message(dataclasses.replace(m, signature=bls.Aggregate([m.signature, x])))
+
+    def outgoing(node, sends, cluster):
+        x = offset(node, cluster)
+        return [Send(s.dest, rewrite(s.data, x)) for s in sends]
+
+    return Strategy("cancelling-votes", outgoing=outgoing)
+
+
 def _cert_store() -> tuple[Callable, list[bytes]]:
     seen: list[bytes] = []
 
@@ -326,6 +371,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "forged_bitmaps": forged_bitmaps,
     "view_change_spam": view_change_spam,
     "garbage": garbage,
+    "cancelling_votes": cancelling_votes,
 }
 
 

@@ -9,7 +9,13 @@ or restarted with amnesia). The checks:
   application check;
 * QC soundness: every certificate an honest node holds (decisions, prepared
   certificates, its stable checkpoint) has at least a quorum of distinct
-  signers and a valid aggregate signature.
+  signers and a valid aggregate signature (a certificate of collected votes:
+  every vote valid).
+
+The checker verifies with a verifier of its own whose memo only it fills,
+never the replicas' (possibly shared) memo: a checker that read a memo
+poisoned by an unsound replica check would certify exactly what it should
+catch (``test_checker_does_not_trust_a_poisoned_shared_memo``).
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ class SafetyChecker:
     """Checks the invariants incrementally (certificates are verified once each)."""
 
     def __init__(self, cluster: Cluster, memo: dict | None = None) -> None:
+        """``memo`` (the replicas' memo, which older callers pass) is deliberately unused."""
+        del memo
         self.cluster = cluster
-        c = cluster.config
-        self.verifier = Verifier(c.validators, memo if memo is not None else {})
+        self.verifier = Verifier(cluster.config.validators)
         self.checked: set = set()
 
     def violations(self) -> list[str]:

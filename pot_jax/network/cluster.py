@@ -233,6 +233,18 @@ class Cluster:
     def decided_digests(self, node: Node) -> set[bytes]:
         return {d.digest for d in node.decisions}
 
+    def missing_decisions(self) -> dict[int, list[int]]:
+        """For each honest node that is up, the sequences that some honest node decided
+        and it has not (a restarted replica must catch up on all of them)."""
+        decided = {d.seq for x in self.honest() for d in x.decisions}
+        out = {}
+        for node in self.honest():
+            if node.up:
+                missing = sorted(decided - {d.seq for d in node.decisions})
+                if missing:
+                    out[node.id] = missing
+        return out
+
 
 @dataclass
 class ManualNetwork:

@@ -49,8 +49,9 @@ class ScenarioConfig:
     ``crashes`` are (time, node) and ``restarts`` (time, node, amnesia).
     ``piggyback_delay`` is ``ReplicaConfig.piggyback_delay`` (None: off).
     ``shared_verification`` lets all replicas share one signature-result
-    memo: outcomes are identical, wall time is not (each real node would
-    verify for itself).
+    memo: outcomes are identical (an entry is only written after a sound
+    check; proofs/qc-unforgeability.md), wall time is not (each real node
+    would verify for itself). The safety checker never reads it.
     """
 
     n: int = 4
@@ -105,7 +106,7 @@ def build(config: ScenarioConfig) -> tuple[Cluster, TimedNetwork, dict]:
 
 def run_scenario(config: ScenarioConfig) -> dict:
     """Run one scenario; see the module docstring for the returned fields."""
-    cluster, net, memo = build(config)
+    cluster, net, _ = build(config)
     values = [b"value-%d-%d" % (config.seed, k) for k in range(config.values)]
     for k, v in enumerate(values):
         net.submit_at(k * config.submit_interval, v)
@@ -130,7 +131,7 @@ def run_scenario(config: ScenarioConfig) -> dict:
     start = time.perf_counter()
     net.run(until=config.max_time, stop=done)
     wall = time.perf_counter() - start
-    checker = SafetyChecker(cluster, memo)
+    checker = SafetyChecker(cluster)  # its own verifier: never the replicas' memo
     honest = [x for x in cluster.honest() if x.up]
     latencies = []
     for d in sorted(digests):  # fixed order: the mean is bit-reproducible across hash seeds

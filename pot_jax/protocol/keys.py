@@ -160,6 +160,12 @@ def write_key_dir(directory: str | os.PathLike, keys: KeyRing) -> Path:
     Refuses a directory that already holds anything: keys are never overwritten.
     """
     directory = Path(directory)
+    for parent in [directory.absolute(), *directory.absolute().parents]:
+        if (parent / "transcript.log").exists() or (parent / "config.json").exists():
+            raise KeyFileError(
+                f"{directory} is inside the run directory {parent}: secret keys never live "
+                "inside a run directory; choose a directory outside it"
+            )
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise KeyFileError(
             f"{directory} already exists and is not empty; keys are never overwritten "

@@ -1,4 +1,4 @@
-"""The Proof-of-Training round end to end (DESIGN.md, "One round, end to end").
+"""The Proof-of-Training round end to end (docs/architecture.md, "One round, as implemented").
 
 Three roles, kept apart so experiments can count, fault and cost each:
 
@@ -115,6 +115,10 @@ UNITS = {
 
 class RunDirectoryError(ValueError):
     """The run directory already holds a run; nothing was written."""
+
+
+class NoQuorum(RuntimeError):
+    """No round can commit: more than f validators are faulty. The transcript stays valid."""
 
 
 class ResumeError(ValueError):
@@ -684,9 +688,12 @@ class ProtocolRun:
 
         self.net.run(until=self.net.time + MAX_ROUND_VIRTUAL_TIME, stop=decided)
         if not decided():
-            raise RuntimeError(
-                f"round {r}: the committee did not commit within {MAX_ROUND_VIRTUAL_TIME} "
-                "virtual time units (liveness failure: more than f faulty validators?)"
+            faulty = len(self.config.byzantine_validator_ids)
+            raise NoQuorum(
+                f"no quorum from round {r}: more than f validators faulty ({faulty} of {n}, "
+                f"f = {(n - 1) // 3}); nothing committed within {MAX_ROUND_VIRTUAL_TIME:g} "
+                f"network delays. The transcript keeps the {r} committed rounds (pot-jax audit "
+                f"{self.run_dir} reports it unfinished)"
             )
         decision = next(d for d in honest_nodes[0].decisions if d.seq == seq)
         if decision.digest != value_digest(value) or decision.value != value:

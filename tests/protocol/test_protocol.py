@@ -272,6 +272,9 @@ def test_a_custom_scheme_from_the_readme_runs_in_the_protocol(tmp_path):
     summary = run_protocol(config, scheme=scheme)
     assert summary.cheaters_caught == summary.byzantine_workers  # scaled gradients stand out
     assert summary.honest_workers_slashed == 0
+    report = audit(tmp_path)  # every check but re-execution, which says why not
+    assert report.ok, str(report)
+    assert "re-execution (custom verification scheme" in str(report)
 
 
 def test_tolerance_mode_calibrates_rejects_no_honest_worker_and_catches_cheaters(tmp_path):
