@@ -175,13 +175,7 @@ def _cmd_bench_detection(args: argparse.Namespace) -> int:
 def _cmd_figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    try:
-        from experiments import run_figures
-    except ImportError as err:
-        raise ValueError(
-            "the experiments package is not importable; run from a clone installed with "
-            f"pip install -e . ({err})"
-        ) from err
+    run_figures = _experiments().run_figures
 
     if args.summary_only:
         from experiments.summary import write_summary
@@ -357,6 +351,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _experiments():
+    """The repository's experiments/ package (never installed; found beside pot_jax/)."""
+    import importlib
+    from pathlib import Path
+
+    import pot_jax
+
+    root = Path(pot_jax.__file__).resolve().parent.parent
+    if not (root / "experiments" / "__init__.py").is_file():
+        raise ValueError(
+            "pot-jax figures needs the repository's experiments/ folder: run it from a clone "
+            "installed with pip install -e '.[figures]'"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("experiments")
+    except ImportError as err:  # matplotlib missing
+        raise ValueError(f"pot-jax figures needs the figures extra: {err}") from err
+
+
 def _version() -> str:
     import pot_jax
 
@@ -486,11 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     try:
-        from experiments import FIGURES
-
-        figure_names = ", ".join(FIGURES)
-    except ImportError:  # installed without the repository's experiments/
-        figure_names = "see experiments/"
+        figure_names = ", ".join(_experiments().FIGURES)
+    except ValueError:  # installed without the repository's experiments/
+        figure_names = "see experiments/ in the repository"
     fig = sub.add_parser("figures", help="regenerate the paper figures from their experiments")
     fig.add_argument(
         "--only", default="", help=f"comma-separated figure names (default: all): {figure_names}"
