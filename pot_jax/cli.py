@@ -414,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_args(train, ProtocolConfig)
     train.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="config fields from a JSON or TOML file (or a run's config.json); flags override",
+    )
+    train.add_argument(
         "--tensorboard",
         action="store_true",
         help="also write TensorBoard event files to RUN_DIR/tensorboard (extra: tensorboard)",
@@ -434,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(baseline, TrainConfig)
+    baseline.add_argument(
+        "--config", metavar="FILE", default=None, help="config fields from a JSON or TOML file"
+    )
     baseline.set_defaults(func=_cmd_baseline)
 
     au = sub.add_parser(

@@ -32,18 +32,71 @@ class ConfigError(ValueError):
     """A config field holds a value outside what it accepts."""
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
-    return field(default=default, metadata={"help": text}, **kw)
+def _help(text: str, default: Any = dataclasses.MISSING, *, registry: str = "", **kw) -> Any:
+    return field(default=default, metadata={"help": text, "registry": registry}, **kw)
+
+
+def registry(kind: str):
+    """The registry of one component kind (imported late: config imports no component)."""
+    if kind == "attack":
+        from pot_jax.attacks.workers import ATTACKS
+
+        return ATTACKS
+    if kind == "aggregation":
+        from pot_jax.learning.aggregation import RULES
+
+        return RULES
+    if kind == "verification":
+        from pot_jax.verification.schemes import SCHEMES
+
+        return SCHEMES
+    if kind == "model":
+        from pot_jax.learning.models import MODELS
+
+        return MODELS
+    if kind == "dataset":
+        from pot_jax.learning.datasets import DATASETS
+
+        return DATASETS
+    if kind == "validator_strategy":
+        from pot_jax.network.byzantine import BEHAVIOURS
+
+        return BEHAVIOURS
+    raise KeyError(kind)
+
+
+_MODEL_ARGS = ("input_shape", "num_classes", "hidden", "channels", "dense")
+
+
+def _canonical_component(config, name: str, *, extra=None) -> None:
+    """Check a component spec field and store its canonical text (what the genesis signs)."""
+    flag = "--" + name.replace("_", "-")
+    text = getattr(config, name)
+    parts = text.split("+") if name == "validator_strategy" else [text]
+    try:
+        canonical = "+".join(registry(name).check(p, flag=flag, extra=extra) for p in parts)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    object.__setattr__(config, name, canonical)
 
 
 @dataclass(frozen=True)
 class _LearningConfig:
     """The learning fields every run shares (not used on its own)."""
 
-    dataset: str = _help("dataset name: mnist1d, teacher, mnist, fashion_mnist, cifar10", "mnist1d")
+    dataset: str = _help(
+        "dataset, NAME[:key=value,...] or package.module:factory (mnist, fashion_mnist and "
+        "cifar10 read --data-dir)",
+        "mnist1d",
+        registry="dataset",
+    )
     data_dir: str | None = _help("directory holding the files of mnist/fashion_mnist/cifar10", None)
     num_samples: int = _help("MNIST-1D examples to generate (train + test, 80/20 split)", 5000)
-    model: str = _help("model name: mlp or cnn", "mlp")
+    model: str = _help(
+        "model, NAME[:key=value,...] or package.module:factory (sizes: --hidden, --channels)",
+        "mlp",
+        registry="model",
+    )
     hidden: tuple[int, ...] = _help("MLP hidden widths, comma separated", (256, 256))
     channels: tuple[int, ...] = _help("CNN channels per conv block, comma separated", (16, 32))
     workers: int = _help("number of data-parallel workers W", 16)
@@ -51,7 +104,12 @@ class _LearningConfig:
     rounds: int = _help("training rounds (one optimizer step each)", 8000)
     optimizer: str = _help("optax optimizer: sgd (the paper's rule), momentum or adam", "sgd")
     learning_rate: float = _help("optimizer learning rate", 0.2)
-    aggregation: str = _help("aggregation rule over worker gradients (mean is the paper's)", "mean")
+    aggregation: str = _help(
+        "aggregation rule over worker gradients, NAME[:key=value,...] or package.module:factory "
+        "(mean is the paper's)",
+        "mean",
+        registry="aggregation",
+    )
     partition: str = _help(
         "which examples each worker draws from: shared (the whole training set), iid "
         "(disjoint equal shards) or dirichlet (label-skewed shards)",
@@ -75,6 +133,9 @@ class _LearningConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} = {value!r}: expected a positive integer")
+        _canonical_component(self, "aggregation")
+        _canonical_component(self, "model", extra=dict.fromkeys(_MODEL_ARGS))
+        _canonical_component(self, "dataset", extra={"data_dir": None, "seed": None})
         for name, high in LIMITS.items():
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} = {getattr(self, name)}: at most {high} supported")
@@ -160,20 +221,66 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
             continue
         kind, metavar = _parser_for(hints[f.name])
         default = f.default
+        names = ""
+        if f.metadata.get("registry"):
+            names = "; names: " + ", ".join(registry(f.metadata["registry"]).names())
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=kind,
             metavar=metavar,
             default=argparse.SUPPRESS,
-            help=f"{f.metadata.get('help', '')} (default: {default!r})",
+            help=f"{f.metadata.get('help', '')} (default: {default!r}{names})",
         )
 
 
-def config_from_args(cls, namespace: argparse.Namespace, **overrides):
-    """Build ``cls`` from parsed flags; unset flags keep the dataclass defaults."""
+def load_config_file(path: str, cls) -> dict[str, Any]:
+    """Config fields from a JSON or TOML file.
+
+    The file holds the fields themselves, or is a run's ``config.json`` (its
+    signed ``genesis.config`` plus the local fields it ran with, or a
+    baseline's ``config`` section), so ``--config runs/pot/config.json``
+    repeats that run.
+    """
+    import json
+    import tomllib
+
+    try:
+        raw = open(path, "rb").read()
+        obj = tomllib.loads(raw.decode()) if path.endswith(".toml") else json.loads(raw)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"config {path}: cannot read it as {'TOML' if path.endswith('.toml') else 'JSON'} ({err})"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("genesis"), dict):
+        local = obj.get("metadata", {}).get("local", {})
+        obj = {
+            **obj["genesis"].get("config", {}),
+            **{k: v for k, v in local.items() if k != "run_dir"},
+        }
+    elif isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        obj = {k: v for k, v in obj["config"].items() if k != "run_dir"}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"config {path}: expected a table of config fields")
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(namespace).items() if k in names}
+    unknown = sorted(set(obj) - names)
+    if unknown:
+        raise ConfigError(
+            f"config {path}: unknown fields {unknown}; the fields are the flags' names"
+        )
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+
+
+def config_from_args(cls, namespace: argparse.Namespace, **overrides):
+    """Build ``cls`` from ``--config FILE`` (if given) and parsed flags, flags winning.
+
+    Unset flags keep the file's values, then the dataclass defaults.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    if getattr(namespace, "config", None):
+        values.update(load_config_file(namespace.config, cls))
+    values.update({k: v for k, v in vars(namespace).items() if k in names})
     values.update(overrides)
     return cls(**values)
 
@@ -196,7 +303,10 @@ class ProtocolConfig(_LearningConfig):
 
     rounds: int = _help("training rounds, one committed record each", 1500)
     aggregation: str = _help(
-        "aggregation rule for robust_only (spot_check and full_recompute use the mean)", "mean"
+        "aggregation rule of the accepted gradients, NAME[:key=value,...] or "
+        "package.module:factory (e.g. krum:f=3; mean is the paper's)",
+        "mean",
+        registry="aggregation",
     )
     eval_every: int = _help("rounds between test-accuracy evaluations", 250)
     run_dir: str = _help("directory for the transcript, config, metrics and summary", "runs/pot")
@@ -205,8 +315,10 @@ class ProtocolConfig(_LearningConfig):
         "comma-separated indices of Byzantine validators (index 0 is the first primary)", "0"
     )
     validator_strategy: str = _help(
-        "what Byzantine validators do (pot_jax.network.byzantine.STRATEGIES, '+' combines)",
+        "what Byzantine validators do, NAME[:key=value,...] or package.module:factory; '+' "
+        "combines",
         "silent",
+        registry="validator_strategy",
     )
     beyond_f: bool = _help(
         "allow more than f = (validators-1)//3 Byzantine validators, to watch PBFT lose its "
@@ -215,8 +327,17 @@ class ProtocolConfig(_LearningConfig):
     )
     pattern: str = _help("PBFT message pattern: linear (collector QCs) or all_to_all", "linear")
     byzantine_fraction: float = _help("fraction of workers that are Byzantine", 0.25)
-    attack: str = _help("what Byzantine workers do (pot_jax.attacks.ATTACK_NAMES)", "alie")
-    verification: str = _help("spot_check, full_recompute or robust_only", "spot_check")
+    attack: str = _help(
+        "what Byzantine workers do, NAME[:key=value,...] or package.module:factory "
+        "(e.g. scaled:factor=-4)",
+        "alie",
+        registry="attack",
+    )
+    verification: str = _help(
+        "verification scheme, NAME[:key=value,...] or package.module:factory",
+        "spot_check",
+        registry="verification",
+    )
     budget: float = _help("spot_check: fraction of gradients recomputed, all validators", 0.1)
     mode: str = _help(
         "recomputation check: bitwise (workers and validators on one platform) or tolerance "
@@ -261,11 +382,16 @@ class ProtocolConfig(_LearningConfig):
             raise ConfigError(f"budget = {self.budget!r}: expected a value in (0, 1]")
         if self.pattern not in ("linear", "all_to_all"):
             raise ConfigError(f"pattern = {self.pattern!r}: expected 'linear' or 'all_to_all'")
-        if self.verification not in ("spot_check", "full_recompute", "robust_only"):
-            raise ConfigError(
-                f"verification = {self.verification!r}: expected spot_check, full_recompute "
-                "or robust_only"
-            )
+        for name in ("attack", "validator_strategy"):
+            _canonical_component(self, name)
+        run_level = {
+            "budget": self.budget,
+            "mode": self.mode,
+            "threshold": None,
+            "aggregation": None,
+        }
+        _canonical_component(self, "verification", extra=run_level)
+        self._check_ignored_flags()
         try:
             ids = self.byzantine_validator_ids
         except ValueError:
@@ -298,6 +424,22 @@ class ProtocolConfig(_LearningConfig):
                 raise ConfigError(
                     f"keys = {self.keys!r} and run_dir = {self.run_dir!r} overlap: secret keys "
                     "never live inside a run directory, nor a run inside a key directory"
+                )
+
+    def _check_ignored_flags(self) -> None:
+        """A run-level flag the chosen scheme does not read is an error, not a silent no-op."""
+        from pot_jax.registry import _parameters, parse_spec
+
+        spec = parse_spec(self.verification)
+        factory = registry("verification").factory(spec, flag="--verification")
+        takes = _parameters(factory)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("budget", "mode", "tolerance_threshold"):
+            reads = "threshold" if name == "tolerance_threshold" else name
+            if takes is not None and reads not in takes and getattr(self, name) != defaults[name]:
+                raise ConfigError(
+                    f"{name} = {getattr(self, name)!r}: --verification {self.verification} "
+                    f"does not use --{name.replace('_', '-')}; drop it"
                 )
 
     @property

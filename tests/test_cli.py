@@ -45,7 +45,7 @@ def test_same_seed_same_metrics(tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--model", "resnet"], "model name 'resnet' is unknown"),
+        (["--model", "resnet"], "--model 'resnet': unknown model"),
         (["--dataset", "imagenet"], "imagenet"),
         (["--workers", "0"], "--workers 0: expected a positive integer"),
         (["--learning-rate", "nan"], "--learning-rate nan"),
@@ -167,7 +167,7 @@ def test_keygen_then_train_with_keys_then_a_pinned_audit(tmp_path, capsys):
         (["--budget", "0"], "--budget 0"),
         (["--attack", "teleport"], "teleport"),
         (["--pattern", "gossip"], "--pattern 'gossip'"),
-        (["--validator-strategy", "silent+lying"], "unknown ['lying']"),
+        (["--validator-strategy", "silent+lying"], "'lying': unknown validator behaviour"),
         (["--mode", "approximate"], "--mode 'approximate'"),
     ],
 )
@@ -238,6 +238,9 @@ def test_train_logs_every_round_and_tensorboard_events(tmp_path, capsys):
         assert key in rows[0]
     assert [r["round"] for r in rows if "pot_test_accuracy" in r] == [3, 6]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    units = json.loads((run / "summary.json").read_text())["units"]
+    assert "base units" in units["ledger_emitted, ledger_burned, worker_rewards, validator_rewards"]
+    assert "network delays" in units["virtual_time"]
     assert main(["audit", str(run)]) == 0
 
 

@@ -5,6 +5,7 @@ Depends on ``pot_jax.learning`` only.
 
 from pot_jax.attacks.workers import (
     ATTACK_NAMES,
+    ATTACKS,
     GARBAGE_KINDS,
     WRONG_SHAPE_KINDS,
     Attack,
@@ -23,6 +24,7 @@ from pot_jax.attacks.workers import (
     lazy,
     make_attack,
     nan_inf,
+    register_attack,
     scaled,
     sign_flip,
     wrong_shape,
@@ -47,6 +49,8 @@ __all__ = [
     "label_flip",
     "lazy",
     "make_attack",
+    "ATTACKS",
+    "register_attack",
     "nan_inf",
     "scaled",
     "sign_flip",

@@ -39,6 +39,7 @@ import numpy as np
 
 from pot_jax.learning.encoding import flat_digest
 from pot_jax.learning.steps import Learner
+from pot_jax.registry import Registry
 
 __all__ = [
     "ATTACK_NAMES",
@@ -82,6 +83,8 @@ class AttackContext(NamedTuple):
       stale_params: ``theta_{r-k}`` for the lazy attack; None when there is no
         older model (round 0), and a lazy worker is then honest.
       num_classes: for label flipping; default: the model's ``num_classes``.
+      n_validators: the committee size (public), 0 when unknown.
+      chain_id: the run's chain id (public; the VRF input of every sample).
     """
 
     learner: Learner
@@ -92,6 +95,8 @@ class AttackContext(NamedTuple):
     byzantine: tuple[int, ...]
     stale_params: Any = None
     num_classes: int | None = None
+    n_validators: int = 0
+    chain_id: bytes = b""
 
     @property
     def n_workers(self) -> int:
@@ -437,6 +442,12 @@ _FACTORIES: dict[str, Callable[..., Attack]] = {
     "cheat_sometimes": cheat_sometimes,
 }
 ATTACK_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+ATTACKS = Registry("worker attack", _FACTORIES)
+
+
+def register_attack(name: str, factory: Callable[..., Attack]) -> None:
+    """Make an attack factory selectable as ``--attack NAME[:params]`` (and in audits)."""
+    ATTACKS.register(name, factory)
 
 
 def make_attack(name: str, **params: Any) -> Attack:

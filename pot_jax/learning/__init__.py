@@ -5,6 +5,7 @@ Depends on nothing else inside pot_jax.
 
 from pot_jax.learning.aggregation import (
     RULE_NAMES,
+    RULES,
     AggregateFn,
     AggregationRule,
     aggregate_checked,
@@ -17,12 +18,14 @@ from pot_jax.learning.aggregation import (
     make_rule,
     mean,
     multi_krum,
+    register_rule,
     trimmed_mean,
 )
 from pot_jax.learning.assignment import BatchAssigner, epoch_permutation
 from pot_jax.learning.datasets import (
     CACHE_ENV_VAR,
     DATASET_NAMES,
+    DATASETS,
     DEFAULT_DATASET,
     Dataset,
     DatasetFormatError,
@@ -36,6 +39,7 @@ from pot_jax.learning.datasets import (
     load_mnist1d,
     make_teacher_dataset,
     read_idx,
+    register_dataset,
 )
 from pot_jax.learning.encoding import (
     DIGEST_SIZE,
@@ -50,7 +54,14 @@ from pot_jax.learning.encoding import (
     pytree_digest,
     tree_spec,
 )
-from pot_jax.learning.models import MODEL_NAMES, Model, count_params, make_model
+from pot_jax.learning.models import (
+    MODEL_NAMES,
+    MODELS,
+    Model,
+    count_params,
+    make_model,
+    register_model,
+)
 from pot_jax.learning.steps import (
     OPTIMIZER_NAMES,
     Learner,
@@ -62,9 +73,13 @@ from pot_jax.learning.steps import (
 __all__ = [
     "CACHE_ENV_VAR",
     "DATASET_NAMES",
+    "DATASETS",
+    "register_dataset",
     "DEFAULT_DATASET",
     "DIGEST_SIZE",
     "MODEL_NAMES",
+    "MODELS",
+    "register_model",
     "OPTIMIZER_NAMES",
     "RULE_NAMES",
     "AggregationRule",
@@ -103,6 +118,8 @@ __all__ = [
     "make_model",
     "make_optimizer",
     "make_rule",
+    "RULES",
+    "register_rule",
     "make_teacher_dataset",
     "mean",
     "multi_krum",

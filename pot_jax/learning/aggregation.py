@@ -57,6 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from pot_jax.registry import Registry
+
 # Weighted sums over at most this many rows are unrolled into one fused kernel.
 _UNROLL_SUM_MAX_W = 64
 # Sorting networks up to this many rows are unrolled row by row into one fused
@@ -755,6 +757,12 @@ _FACTORIES: dict[str, Callable[..., AggregationRule]] = {
     "centered_clipping": centered_clipping,
 }
 RULE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+RULES = Registry("aggregation rule", _FACTORIES)
+
+
+def register_rule(name: str, factory: Callable[..., AggregationRule]) -> None:
+    """Make a rule factory selectable as ``--aggregation NAME[:params]`` (and in audits)."""
+    RULES.register(name, factory)
 
 
 def make_rule(name: str, **params: Any) -> AggregationRule:

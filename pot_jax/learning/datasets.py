@@ -30,11 +30,13 @@ import threading
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pot_jax.registry import Registry, parse_spec
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -155,8 +157,11 @@ def load_dataset(
     Returns:
       The :class:`Dataset`.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    spec = parse_spec(name, flag="--dataset")
+    if spec.name not in DATASET_NAMES:  # a registered or imported dataset factory
+        return DATASETS.build(name, flag="--dataset", data_dir=data_dir, seed=seed, **options)
+    options = {**options, **spec.kwargs}
+    name = spec.name
     if name == "mnist1d":
         return load_mnist1d(**_check_options(name, options, _MNIST1D_OPTIONS))
     if name == "teacher":
@@ -172,6 +177,24 @@ def load_dataset(
     if name == "fashion_mnist":
         return load_fashion_mnist(data_dir)
     return load_cifar10(data_dir)
+
+
+def _builtin(name: str) -> Callable[..., Dataset]:
+    def load(*, data_dir=None, seed: int = 0, **options) -> Dataset:
+        return load_dataset(name, data_dir=data_dir, seed=seed, **options)
+
+    load.__name__ = name
+    return load
+
+
+# A dataset factory takes data_dir and seed as keywords (plus its own parameters) and
+# returns a Dataset; register yours with register_dataset.
+DATASETS = Registry("dataset", {name: _builtin(name) for name in DATASET_NAMES})
+
+
+def register_dataset(name: str, factory: Callable[..., Dataset]) -> None:
+    """Make a dataset factory selectable as ``--dataset NAME[:params]`` (and in audits)."""
+    DATASETS.register(name, factory)
 
 
 _MNIST1D_OPTIONS = ("num_samples", "data_seed", "train_split", "cache")

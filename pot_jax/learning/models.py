@@ -7,12 +7,14 @@ over the spatial axes of NHWC images (2-D) or NWC sequences (1-D, as MNIST-1D).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from pot_jax.registry import Registry
 
 MODEL_NAMES = ("mlp", "cnn")
 
@@ -69,6 +71,47 @@ class Model(NamedTuple):
         return self.module.apply({"params": params}, x)
 
 
+def _mlp(
+    *, input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int] = (256,)
+) -> Model:
+    if not hidden or any(int(w) <= 0 for w in hidden):
+        raise ValueError(f"model.hidden = {tuple(hidden)!r}: expected positive widths")
+    module = MLP(hidden=tuple(int(w) for w in hidden), num_classes=num_classes)
+    return Model(name="mlp", module=module, input_shape=tuple(input_shape))
+
+
+def _cnn(
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    channels: Sequence[int] = (16, 32),
+    dense: int = 64,
+) -> Model:
+    if len(input_shape) not in (2, 3):
+        raise ValueError(
+            f"model 'cnn' needs inputs of shape (length, channels) or (height, width, "
+            f"channels), got input_shape {input_shape}"
+        )
+    if not channels or any(int(c) <= 0 for c in channels) or dense <= 0:
+        raise ValueError(
+            f"model.channels = {tuple(channels)!r}, model.dense = {dense}: expected positive sizes"
+        )
+    module = CNN(
+        channels=tuple(int(c) for c in channels), dense=int(dense), num_classes=num_classes
+    )
+    return Model(name="cnn", module=module, input_shape=tuple(input_shape))
+
+
+# A model factory takes input_shape, num_classes and the size fields (hidden, channels,
+# dense) as keywords, and returns a Model; register yours with register_model.
+MODELS = Registry("model", {"mlp": _mlp, "cnn": _cnn})
+
+
+def register_model(name: str, factory: Callable[..., Model]) -> None:
+    """Make a model factory selectable as ``--model NAME[:params]`` (and in audits)."""
+    MODELS.register(name, factory)
+
+
 def make_model(
     name: str,
     *,
@@ -78,27 +121,16 @@ def make_model(
     channels: Sequence[int] = (16, 32),
     dense: int = 64,
 ) -> Model:
-    """Build the model called ``name`` for inputs of ``input_shape``."""
-    if name == "mlp":
-        if not hidden or any(int(w) <= 0 for w in hidden):
-            raise ValueError(f"model.hidden = {tuple(hidden)!r}: expected positive widths")
-        module = MLP(hidden=tuple(int(w) for w in hidden), num_classes=num_classes)
-    elif name == "cnn":
-        if len(input_shape) not in (2, 3):
-            raise ValueError(
-                f"model 'cnn' needs inputs of shape (length, channels) or (height, width, "
-                f"channels), got input_shape {input_shape}"
-            )
-        if not channels or any(int(c) <= 0 for c in channels) or dense <= 0:
-            raise ValueError(
-                f"model.channels = {tuple(channels)!r}, model.dense = {dense}: expected positive sizes"
-            )
-        module = CNN(
-            channels=tuple(int(c) for c in channels), dense=int(dense), num_classes=num_classes
-        )
-    else:
-        raise ValueError(f"model name {name!r} is unknown; expected one of {MODEL_NAMES}")
-    return Model(name=name, module=module, input_shape=tuple(input_shape))
+    """Build the model ``name`` (a registered name or import path, with parameters)."""
+    return MODELS.build(
+        name,
+        flag="--model",
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        hidden=hidden,
+        channels=channels,
+        dense=dense,
+    )
 
 
 def count_params(params) -> int:

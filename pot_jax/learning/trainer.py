@@ -22,12 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pot_jax.config import TrainConfig
-from pot_jax.learning.aggregation import make_rule
+from pot_jax.learning.aggregation import RULES
 from pot_jax.learning.assignment import BatchAssigner
 from pot_jax.learning.datasets import Dataset, dirichlet_partition, iid_partition, load_dataset
 from pot_jax.learning.encoding import flat_digests
 from pot_jax.learning.models import make_model
 from pot_jax.learning.steps import Learner, make_learner, make_optimizer
+from pot_jax.registry import parse_spec
 from pot_jax.runinfo import JsonLines, run_metadata, write_json
 
 
@@ -45,7 +46,8 @@ class TrainSummary:
 
 
 def load_for(config: TrainConfig) -> Dataset:
-    options = {"num_samples": config.num_samples} if config.dataset == "mnist1d" else {}
+    is_mnist1d = parse_spec(config.dataset, flag="--dataset").name == "mnist1d"
+    options = {"num_samples": config.num_samples} if is_mnist1d else {}
     return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed, **options)
 
 
@@ -89,7 +91,7 @@ def train(config: TrainConfig) -> TrainSummary:
     data = load_for(config)
     assigner = BatchAssigner(config.seed, worker_shards(config, data), config.batch_size)
     learner, params = build_learner(config, data)
-    rule = make_rule(config.aggregation)
+    rule = RULES.build(config.aggregation, flag="--aggregation")
     aggregate = jax.jit(rule.aggregate)
     mask_W = jnp.ones((config.workers,), dtype=bool)
 

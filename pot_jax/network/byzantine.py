@@ -38,6 +38,7 @@ from pot_jax.consensus.messages import (
 from pot_jax.consensus.pbft import Replica, Send
 from pot_jax.crypto import bls
 from pot_jax.crypto.quorum import QuorumCertificate, sign_vote, vote_message
+from pot_jax.registry import Registry
 
 from .cluster import Cluster, Node
 
@@ -373,6 +374,19 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "garbage": garbage,
     "cancelling_votes": cancelling_votes,
 }
+
+
+BEHAVIOURS = Registry("validator behaviour", STRATEGIES)
+
+
+def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
+    """Make a Byzantine validator behaviour selectable as ``--validator-strategy NAME``."""
+    BEHAVIOURS.register(name, factory)
+
+
+def build_strategy(text: str, *, flag: str = "--validator-strategy") -> Strategy:
+    """``a+b:k=v`` -> the composition of each registered (or imported) behaviour."""
+    return compose(*(BEHAVIOURS.build(part, flag=flag) for part in text.split("+")))
 
 
 def twins(replicas: Sequence[Replica], identities: Sequence[int]) -> list[Replica]:

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from pot_jax.attacks import AttackContext, choose_byzantine, commitment_of, make_attack
+from pot_jax.attacks import AttackContext, choose_byzantine, commitment_of
+from pot_jax.attacks.workers import ATTACKS
 from pot_jax.config import LOCAL_FIELDS, ProtocolConfig
 from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, aggregate_votes
@@ -92,7 +93,6 @@ from pot_jax.verification import (
     Submission,
     calibrate_threshold,
     combine_verdicts,
-    make_scheme,
     verify_fraud_proof,
 )
 
@@ -224,15 +224,15 @@ CALIBRATION_ROUNDS = 4  # public batches of rounds 0-3 calibrate, rounds 4-7 mea
 
 
 def make_verification(config: ProtocolConfig, threshold: float | None = None):
-    """The configured scheme; ``threshold`` is tolerance mode's (calibrated) threshold."""
-    checks = {"mode": config.mode}
+    """The configured scheme and rule (registries; ``threshold``: tolerance mode's)."""
+    from pot_jax.learning.aggregation import RULES
+    from pot_jax.verification.schemes import SCHEMES
+
+    rule = RULES.build(config.aggregation, flag="--aggregation")
+    extra = {"budget": config.budget, "mode": config.mode, "aggregation": rule}
     if config.mode == "tolerance":
-        checks["threshold"] = threshold
-    if config.verification == "spot_check":
-        return make_scheme("spot_check", budget=config.budget, **checks)
-    if config.verification == "full_recompute":
-        return make_scheme("full_recompute", **checks)
-    return make_scheme("robust_only", rule_name=config.aggregation)
+        extra["threshold"] = threshold
+    return SCHEMES.build(config.verification, flag="--verification", **extra)
 
 
 def calibrate(config: ProtocolConfig, learner, params, assigner, data) -> tuple[float, dict]:
@@ -410,7 +410,7 @@ class ProtocolRun:
         W, n = config.workers, config.validators
         self.signature_scheme = worker_signature_scheme()
         self.byzantine_workers = choose_byzantine(W, config.byzantine_fraction, config.seed)
-        attack = make_attack(config.attack) if self.byzantine_workers else None
+        attack = ATTACKS.build(config.attack, flag="--attack") if self.byzantine_workers else None
         self.keys = self._keys(keys)
         worker_sks = self.keys.worker_signing_keys(self.signature_scheme)
         self.workers = []
@@ -432,16 +432,7 @@ class ProtocolRun:
         self.validators = [
             Validator(i, sks[i], self.validator_set.public_keys[i], i not in bad) for i in range(n)
         ]
-        names = config.validator_strategy.split("+")
-        unknown = [x for x in names if x not in byzantine.STRATEGIES]
-        if unknown:
-            raise ValueError(
-                f"validator_strategy = {config.validator_strategy!r}: unknown {unknown}; "
-                f"expected names from {sorted(byzantine.STRATEGIES)} joined by '+'"
-            )
-        strategies = {
-            i: byzantine.compose(*(byzantine.STRATEGIES[x]() for x in names)) for i in bad
-        }
+        strategies = {i: byzantine.build_strategy(config.validator_strategy) for i in bad}
         self.cluster = make_cluster(
             n,
             config.pattern,
@@ -597,6 +588,8 @@ class ProtocolRun:
             byzantine=self.byzantine_workers,
             stale_params=self.stale[0] if len(self.stale) == STALE_ROUNDS else None,
             num_classes=self.data.num_classes,
+            n_validators=n,
+            chain_id=self.chain_id,
         )
         submissions, wrong = {}, set()
         for w in active:

@@ -42,9 +42,11 @@ from pot_jax.verification.scheme import (
 )
 from pot_jax.verification.schemes import (
     SCHEME_NAMES,
+    SCHEMES,
     detection_probability,
     full_recompute,
     make_scheme,
+    register_scheme,
     robust_only,
     spot_check,
     validator_fraction,
@@ -87,6 +89,8 @@ __all__ = [
     "gradient_distance",
     "l2_norm",
     "make_scheme",
+    "SCHEMES",
+    "register_scheme",
     "recheck",
     "robust_only",
     "spot_check",

@@ -40,6 +40,7 @@ from typing import Any
 from pot_jax.crypto.vrf import sample_input, sample_workers, vrf_prove, vrf_verify
 from pot_jax.learning.aggregation import AggregationRule, make_rule
 from pot_jax.learning.aggregation import mean as mean_rule
+from pot_jax.registry import Registry
 from pot_jax.verification.checks import Verdict, check_submissions
 from pot_jax.verification.context import RoundContext, Submission
 from pot_jax.verification.fraud_proof import MODES
@@ -331,13 +332,23 @@ def full_recompute(
     )
 
 
-def robust_only(rule_name: str, **params: Any) -> VerificationScheme:
+def robust_only(
+    rule_name: str | None = None, *, aggregation: AggregationRule | None = None, **params: Any
+) -> VerificationScheme:
     """No recomputation: every gradient that passes the cheap checks is accepted.
 
-    The robust aggregation rule ``make_rule(rule_name, **params)`` does the
-    defending (e.g. ``robust_only("coordinate_median")``, ``robust_only("krum", f=2)``).
+    The robust aggregation rule does the defending: ``aggregation`` (a built
+    rule), or ``make_rule(rule_name, **params)`` (e.g.
+    ``robust_only("coordinate_median")``, ``robust_only("krum", f=2)``).
     """
-    rule = make_rule(rule_name, **params)
+    if aggregation is not None:
+        if rule_name is not None or params:
+            raise ValueError("robust_only: give aggregation or rule_name (+ params), not both")
+        rule = _aggregation(aggregation)
+    else:
+        if rule_name is None:
+            raise ValueError("robust_only needs an aggregation rule (rule_name or aggregation)")
+        rule = make_rule(rule_name, **params)
 
     def select(ctx, validator_index, n_validators, validator_sk):
         _check_committee(validator_index, n_validators)
@@ -371,6 +382,31 @@ _FACTORIES: dict[str, Callable[..., VerificationScheme]] = {
     "robust_only": robust_only,
 }
 SCHEME_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def _robust_only_scheme(*, aggregation: AggregationRule) -> VerificationScheme:
+    return robust_only(aggregation=aggregation)
+
+
+# What flags, config files and the audit build from: each scheme takes the run's
+# aggregation rule, and spot_check / full_recompute also the run's budget and mode.
+SCHEMES = Registry(
+    "verification scheme",
+    {
+        "spot_check": spot_check,
+        "full_recompute": full_recompute,
+        "robust_only": _robust_only_scheme,
+    },
+)
+
+
+def register_scheme(name: str, factory: Callable[..., VerificationScheme]) -> None:
+    """Make a scheme factory selectable as ``--verification NAME[:params]``.
+
+    The factory is called with its spec's parameters plus whichever of
+    ``budget``, ``mode``, ``threshold`` and ``aggregation`` it accepts.
+    """
+    SCHEMES.register(name, factory)
 
 
 def make_scheme(name: str, **params: Any) -> VerificationScheme:

@@ -232,9 +232,10 @@ def test_choose_byzantine_picks_floor_fraction_distinct_workers(n, fraction, see
 
 
 def test_attacks_depend_on_learning_only():
+    """And on pot_jax.registry, the leaf module every component kind shares."""
     code = (
         "import sys, pot_jax.attacks; "
         "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('pot_jax.')}))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "['attacks', 'learning']"
+    assert out.stdout.strip() == "['attacks', 'learning', 'registry']"

@@ -79,7 +79,7 @@ def test_accuracy_counts_correct_predictions():
 
 
 def test_models_and_optimizers_reject_unknown_names():
-    with pytest.raises(ValueError, match="model name 'resnet' is unknown.*mlp"):
+    with pytest.raises(ValueError, match="'resnet': unknown model; expected one of mlp"):
         make_model("resnet", input_shape=(4,), num_classes=2)
     with pytest.raises(ValueError, match="optimizer 'lbfgs' is unknown"):
         make_optimizer("lbfgs", learning_rate=0.1)

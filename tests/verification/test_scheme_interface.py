@@ -65,9 +65,10 @@ def test_params_digest_is_the_model_hash():
 
 
 def test_verification_depends_on_learning_and_crypto_only():
+    """And on pot_jax.registry, the leaf module every component kind shares."""
     code = (
         "import sys, pot_jax.verification; "
         "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('pot_jax.')}))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "['crypto', 'learning', 'verification']"
+    assert out.stdout.strip() == "['crypto', 'learning', 'registry', 'verification']"
