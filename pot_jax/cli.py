@@ -147,27 +147,18 @@ def _cmd_bench_consensus(args: argparse.Namespace) -> int:
 def _cmd_bench_detection(args: argparse.Namespace) -> int:
     from pot_jax.bench.detection import measure_detection, measure_prediction
 
-    if args.predict:
-        result = measure_prediction(
-            keys=args.predict,
-            budget=args.budget,
-            n_validators=args.validators,
-            byzantine_validators=args.byzantine_validators,
-            n_workers=args.workers,
-            rounds=args.rounds,
-            seeds=args.seeds,
-        )
-        _emit(result, args.json)
-        return 0
-    result = measure_detection(
+    common = dict(
         budget=args.budget,
         n_validators=args.validators,
         byzantine_validators=args.byzantine_validators,
         n_workers=args.workers,
-        cheat_rate=args.cheat_rate,
         rounds=args.rounds,
         seeds=args.seeds,
     )
+    if args.predict:
+        result = measure_prediction(keys=args.predict, **common)
+    else:
+        result = measure_detection(cheat_rate=args.cheat_rate, **common)
     _emit(result, args.json)
     return 0
 

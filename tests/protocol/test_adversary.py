@@ -12,6 +12,7 @@ import shutil
 import time
 
 import pytest
+from protocol_tiny import TINY
 
 from pot_jax.config import ProtocolConfig
 from pot_jax.consensus.messages import value_digest
@@ -50,18 +51,6 @@ from pot_jax.protocol.runner import (
     run_protocol,
 )
 from pot_jax.protocol.transcript import RecordKind, TranscriptReader, TranscriptWriter
-
-TINY = dict(
-    dataset="teacher",
-    workers=8,
-    batch_size=8,
-    rounds=12,
-    hidden=(16,),
-    learning_rate=0.5,
-    eval_every=6,
-    checkpoint_every=4,
-    progress=False,
-)
 
 
 @pytest.fixture(scope="module")

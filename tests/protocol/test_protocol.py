@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from protocol_tiny import TINY
 
 from pot_jax.config import ProtocolConfig
 from pot_jax.protocol.audit import Status, audit
@@ -24,18 +25,6 @@ from pot_jax.protocol.runner import (
     run_protocol,
 )
 from pot_jax.protocol.transcript import RecordKind, TranscriptReader, TranscriptWriter
-
-TINY = dict(
-    dataset="teacher",
-    workers=8,
-    batch_size=8,
-    rounds=12,
-    hidden=(16,),
-    learning_rate=0.5,
-    eval_every=6,
-    checkpoint_every=4,
-    progress=False,
-)
 
 
 @pytest.fixture(scope="module")
