@@ -505,8 +505,15 @@ def _describe_expected_files(name: str) -> str:
     return ", ".join(f"{stem}[.gz]" for stem in _IDX_FILES.values())
 
 
+def _regular_file(path: Path) -> None:
+    """A FIFO would block a reader and a device never end: data files must be regular files."""
+    if path.exists() and not path.is_file():
+        raise DatasetFormatError(f"{path} is not a regular file (a FIFO, device or directory)")
+
+
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped when they start with the gzip magic."""
+    _regular_file(path)
     data = path.read_bytes()
     if data[:2] != _GZIP_MAGIC:
         return data
@@ -727,6 +734,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch as (images NHWC uint8, labels int64)."""
+    _regular_file(path)
     try:
         with path.open("rb") as handle:
             batch = _ArraysOnlyUnpickler(handle, encoding="bytes").load()

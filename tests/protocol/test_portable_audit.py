@@ -44,3 +44,21 @@ def test_experiments_is_not_an_installed_top_level_module(tmp_path):
         check=True,
     )
     assert out.stdout.strip() == "None"
+
+
+def test_data_files_that_are_fifos_fail_fast(tmp_path):
+    import os
+
+    from pot_jax.learning.datasets import DatasetFormatError, load_dataset
+
+    data = tmp_path / "mnist"
+    make_idx_dir(data)
+    victim = data / "train-images-idx3-ubyte"
+    victim.unlink()
+    os.mkfifo(victim)
+    try:
+        load_dataset("mnist", data_dir=data)  # would block forever if it opened the FIFO
+    except (DatasetFormatError, FileNotFoundError) as err:
+        assert "train-images-idx3-ubyte" in str(err)
+    else:
+        raise AssertionError("a FIFO was read as data")
