@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -744,6 +745,358 @@ def centered_clipping(
 
 
 # --------------------------------------------------------------------------- #
+# Rules from the ByzFL library (LPD-EPFL) and Bulyan
+# --------------------------------------------------------------------------- #
+
+# MDA enumerates the C(W, f) sets of f rows to drop and, for each, the W x W
+# pairs it keeps: it refuses shapes where C(W, f) * W^2 exceeds this (W=16:
+# every f; W=32: f <= 3; W=64: f <= 2).
+_MDA_MAX_WORK = 1 << 24
+
+
+def _sq_distances(grads_WxP: jax.Array, mask_W: jax.Array) -> jax.Array:
+    """Pairwise squared distances between accepted rows (0 wherever a rejected row is)."""
+    gram_WxW = _masked_gram(grads_WxP, mask_W)
+    gram_WxW = 0.5 * (gram_WxW + gram_WxW.T)  # exactly symmetric, so tied pairs tie exactly
+    sq_W = jnp.diagonal(gram_WxW)
+    return jnp.maximum(sq_W[:, None] + sq_W[None, :] - 2 * gram_WxW, 0)
+
+
+def _subset_mean(grads_WxP: jax.Array, chosen_W: jax.Array) -> jax.Array:
+    """The average of the chosen rows (NaN-safe: unchosen rows are selected away)."""
+    weights_W = chosen_W.astype(_acc_dtype(grads_WxP.dtype)) / jnp.sum(chosen_W)
+    return _weighted_row_sum(weights_W, grads_WxP, chosen_W)
+
+
+def _ranks(keys_W: jax.Array) -> jax.Array:
+    """Each entry's position in a stable ascending sort (ties: lowest index first)."""
+    order_W = jnp.argsort(keys_W, stable=True)
+    num_rows = keys_W.shape[0]
+    return jnp.zeros(num_rows, jnp.int32).at[order_W].set(jnp.arange(num_rows, dtype=jnp.int32))
+
+
+def _mean_around_median(grads_WxP: jax.Array, mask_W: jax.Array, drop: int) -> jax.Array:
+    """Per coordinate, the mean of the ``n - drop`` accepted values closest to the median.
+
+    The k values closest to the median are a window of k consecutive values in
+    sorted order, starting at one of ranks 0..drop (static); the chosen window
+    is the one whose farthest value is closest to the median (ties: the lower
+    window). Rejected rows sort last as +inf and no window reaches them.
+    """
+    num_rows = grads_WxP.shape[0]
+    acc = _acc_dtype(grads_WxP.dtype)
+    count = jnp.sum(mask_W)
+    x_WxP = jnp.where(mask_W[:, None], grads_WxP, jnp.inf)
+    if num_rows <= _UNROLL_SORT_MAX_W:
+        rows = [r.astype(acc) for r in _sort_unrolled(x_WxP)]
+    else:
+        sorted_WxP = _sort_layered(x_WxP).astype(acc)
+        rows = [sorted_WxP[i] for i in range(num_rows)]
+    sorted_WxP = jnp.stack(rows)
+
+    def at_rank(rank):
+        return lax.dynamic_index_in_dim(sorted_WxP, rank, axis=0, keepdims=False)
+
+    lo, hi = (count - 1) // 2, count // 2
+    median_P = jnp.where(lo == hi, at_rank(lo), 0.5 * at_rank(lo) + 0.5 * at_rank(hi))
+    k = count - drop
+    best_cost_P = jnp.full(grads_WxP.shape[1:], jnp.inf, acc)
+    start_P = jnp.zeros(grads_WxP.shape[1:], jnp.int32)
+    for a in range(min(drop, num_rows - 1) + 1):
+        cost_P = jnp.maximum(median_P - rows[a], at_rank(a + k - 1) - median_P)
+        better_P = cost_P < best_cost_P
+        best_cost_P = jnp.where(better_P, cost_P, best_cost_P)
+        start_P = jnp.where(better_P, a, start_P)
+    total_P = jnp.zeros(grads_WxP.shape[1:], acc)
+    for r in range(num_rows):
+        inside_P = (r >= start_P) & (r < start_P + k)
+        total_P = total_P + jnp.where(inside_P, rows[r], 0)
+    return total_P / k
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _meamed(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> jax.Array:
+    _check_inputs(grads_WxP, mask_W)
+    count = jnp.sum(mask_W)
+    agg_P = _mean_around_median(grads_WxP, mask_W, f)
+    return _empty_to_nan(agg_P, count >= 2 * f + 1, grads_WxP.dtype)
+
+
+def meamed(*, f: int) -> AggregationRule:
+    """Mean around the median (MeaMed; Xie, Koyejo and Gupta, 2018, "Generalized
+    Byzantine-tolerant SGD").
+
+    Per coordinate, the mean of the ``n - f`` accepted values closest to that
+    coordinate's median (even n: the mean of the middle two values). Ties at
+    the edge of the window go to the smaller values; ByzFL breaks them by
+    ``argpartition``, i.e. arbitrarily. Assumption: at most ``f`` Byzantine
+    inputs and ``n >= 2f + 1``.
+    """
+    f = _int_param("meamed", "f", f, minimum=0)
+    return _rule(
+        "meamed",
+        functools.partial(_meamed, f=f),
+        params=(("f", f),),
+        min_accepted=2 * f + 1,
+        requirement="2f+1",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 2f+1",
+        bound=lambda n: f,
+    )
+
+
+def _mda_drop_sets(num_rows: int, f: int) -> np.ndarray:
+    """The C(W, f) sets of f rows to drop, as a (C, W) bool array (itertools order)."""
+    work = math.comb(num_rows, f) * num_rows * num_rows
+    if work > _MDA_MAX_WORK:
+        raise ValueError(
+            f"mda(f={f}) enumerates C(W, f) = {math.comb(num_rows, f)} subsets for W = "
+            f"{num_rows} workers, too many to search exactly (C(W, f) * W^2 must be at most "
+            f"{_MDA_MAX_WORK}); use fewer workers, a smaller f, or another rule"
+        )
+    drop_CxW = np.zeros((math.comb(num_rows, f), num_rows), dtype=bool)
+    for c, dropped in enumerate(itertools.combinations(range(num_rows), f)):
+        drop_CxW[c, list(dropped)] = True
+    return drop_CxW
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _mda(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> jax.Array:
+    _check_inputs(grads_WxP, mask_W)
+    num_rows = grads_WxP.shape[0]
+    count = jnp.sum(mask_W)
+    drop_CxW = jnp.asarray(_mda_drop_sets(num_rows, f))
+    dist_WxW = _sq_distances(grads_WxP, mask_W)
+    valid_C = ~jnp.any(drop_CxW & ~mask_W[None, :], axis=1)  # drop accepted rows only
+    kept_CxW = mask_W[None, :] & ~drop_CxW
+    pairs_CxWxW = kept_CxW[:, :, None] & kept_CxW[:, None, :]
+    diameter_C = jnp.max(jnp.where(pairs_CxWxW, dist_WxW[None], -jnp.inf), axis=(1, 2))
+    diameter_C = jnp.where(valid_C, diameter_C, jnp.inf)
+    # Many subsets share the pair that sets their diameter: among them, take
+    # the one with the smallest sum of squared pairwise distances.
+    spread_C = jnp.sum(jnp.where(pairs_CxWxW, dist_WxW[None], 0), axis=(1, 2))
+    spread_C = jnp.where(diameter_C == jnp.min(diameter_C), spread_C, jnp.inf)
+    kept_W = kept_CxW[jnp.argmin(spread_C)]
+    agg_P = _subset_mean(grads_WxP, kept_W)
+    return _empty_to_nan(agg_P, count >= 2 * f + 1, grads_WxP.dtype)
+
+
+def mda(*, f: int) -> AggregationRule:
+    """Minimum-diameter averaging (MDA; El Mhamdi et al.: the reference ByzFL gives
+    is "Genuinely distributed Byzantine machine learning", PODC 2020).
+
+    The mean of the ``n - f`` accepted gradients whose largest pairwise
+    distance is smallest. The search is exact and exponential: it runs over
+    the C(W, f) sets of f rows that could be dropped (W static, n = the
+    dynamic accepted count), and tracing raises ``ValueError`` when
+    ``C(W, f) * W^2`` exceeds 2^24 (W = 16: every f; W = 32: f <= 3).
+
+    Ties are common (subsets sharing the pair that sets the diameter): they go
+    to the subset with the smallest sum of squared pairwise distances, which
+    does not depend on how workers are numbered. ByzFL keeps the first minimal
+    subset in ``itertools.combinations`` order, so its output changes when the
+    workers are renumbered. Assumption: at most ``f`` Byzantine inputs and
+    ``n >= 2f + 1``.
+    """
+    f = _int_param("mda", "f", f, minimum=0)
+    return _rule(
+        "mda",
+        functools.partial(_mda, f=f),
+        params=(("f", f),),
+        min_accepted=2 * f + 1,
+        requirement="2f+1",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 2f+1",
+        bound=lambda n: f,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("f", "idx"))
+def _monna(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int, idx: int | None) -> jax.Array:
+    _check_inputs(grads_WxP, mask_W)
+    num_rows = grads_WxP.shape[0]
+    count = jnp.sum(mask_W)
+    acc = _acc_dtype(grads_WxP.dtype)
+    if idx is None:
+        ref_P = _coordinate_median(grads_WxP, mask_W).astype(acc)
+        frame = _frame(grads_WxP, mask_W, ref_P)
+        dist_W = _distances(frame, jnp.ones((), acc), jnp.zeros(num_rows, acc))
+        ref_ok = jnp.bool_(True)
+    else:
+        if idx >= num_rows:
+            raise ValueError(
+                f"monna: idx = {idx} names no worker; grads_WxP has W = {num_rows} rows"
+            )
+        dist_W = _sq_distances(grads_WxP, mask_W)[idx]
+        dist_W = dist_W.at[idx].set(-1)  # the reference is its own nearest neighbour
+        ref_ok = mask_W[idx]
+    rank_W = _ranks(jnp.where(mask_W, dist_W, jnp.inf))
+    chosen_W = mask_W & (rank_W < count - f)
+    agg_P = _subset_mean(grads_WxP, chosen_W)
+    return _empty_to_nan(agg_P, (count >= 2 * f + 1) & ref_ok, grads_WxP.dtype)
+
+
+def monna(*, f: int, idx: int | None = None) -> AggregationRule:
+    """MoNNA (Farhadkhani et al., 2023, "Robust collaborative learning with linear
+    gradient overhead"; also in Allouah et al., 2023): the mean of the ``n - f``
+    accepted gradients nearest to a reference gradient.
+
+    The paper's reference is a gradient the aggregator trusts, its own honest
+    one (a peer-to-peer node). A pot-jax aggregator computes no gradient, so by
+    default (``idx=None``) the reference is the coordinate-wise median of the
+    accepted rows, which lies within the honest range in every coordinate when
+    f < n/2. ``idx=i`` uses worker i's row, as ByzFL does (ByzFL's default is
+    ``idx=0``, which trusts worker 0 whoever it is); if that row is rejected the
+    output is NaN. Ties go to the lowest worker index. Assumption: at most
+    ``f`` Byzantine inputs and ``n >= 2f + 1`` (and, with ``idx``, that worker
+    honest).
+    """
+    f = _int_param("monna", "f", f, minimum=0)
+    if idx is not None:
+        idx = _int_param("monna", "idx", idx, minimum=0)
+    return _rule(
+        "monna",
+        functools.partial(_monna, f=f, idx=idx),
+        params=(("f", f), ("idx", "median" if idx is None else idx)),
+        min_accepted=2 * f + 1,
+        requirement="2f+1",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 2f+1",
+        bound=lambda n: f,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _caf(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> jax.Array:
+    _check_inputs(grads_WxP, mask_W)
+    count = jnp.sum(mask_W)
+    gram_WxW = _masked_gram(grads_WxP, mask_W)
+    acc = gram_WxW.dtype
+    both_WxW = mask_W[:, None] & mask_W[None, :]
+    c0_W = mask_W.astype(acc)
+
+    def step(_, state):
+        c_W, best_w_W, best_lam = state
+        total = jnp.sum(c_W)
+        active = total > count - 2 * f
+        w_W = c_W / total
+        # Centred Gram (x_i - mu).(x_j - mu), mu = sum_j w_j x_j; the weighted
+        # covariance's nonzero spectrum is that of K = diag(s) A diag(s), s = sqrt(w).
+        gw_W = gram_WxW @ w_W
+        centred_WxW = gram_WxW - gw_W[:, None] - gw_W[None, :] + jnp.dot(w_W, gw_W)
+        centred_WxW = jnp.where(both_WxW, centred_WxW, 0)
+        s_W = jnp.sqrt(w_W)
+        eigvals_W, eigvecs_WxW = jnp.linalg.eigh(s_W[:, None] * centred_WxW * s_W[None, :])
+        lam = eigvals_W[-1]
+        # (x_i - mu).v for the unit top eigenvector v = D^T (s u) / sqrt(lam).
+        proj_W = centred_WxW @ (s_W * eigvecs_WxW[:, -1])
+        tau_W = jnp.where((c_W > 0) & (lam > 0), proj_W**2 / jnp.where(lam > 0, lam, 1), 0)
+        tau_max = jnp.max(tau_W)
+        better = active & (lam < best_lam)
+        best_w_W = jnp.where(better, w_W, best_w_W)
+        best_lam = jnp.where(better, lam, best_lam)
+        shrunk_W = jnp.maximum(c_W * (1 - tau_W / jnp.where(tau_max > 0, tau_max, 1)), 0)
+        # XLA may divide by a reciprocal, so tau_max / tau_max can miss 1: zero it exactly.
+        shrunk_W = jnp.where((tau_W >= tau_max) & (tau_max > 0), 0, shrunk_W)
+        return jnp.where(active, shrunk_W, c_W), best_w_W, best_lam
+
+    init = (c0_W, c0_W / count, jnp.asarray(jnp.inf, acc))
+    _, w_W, _ = lax.fori_loop(0, 2 * f, step, init)
+    agg_P = _weighted_row_sum(w_W, grads_WxP, mask_W & (w_W > 0))
+    return _empty_to_nan(agg_P, count >= 2 * f + 1, grads_WxP.dtype)
+
+
+def caf(*, f: int) -> AggregationRule:
+    """Covariance-bound agnostic filter (CAF; Allouah, Guerraoui and Stephan, 2025,
+    "Towards trustworthy federated learning with untrusted participants").
+
+    Weights start at ``c_i = 1``; while ``sum c > n - 2f``: take the weighted
+    mean ``mu_c`` and the top eigenpair ``(lam, v)`` of the weighted covariance,
+    set ``tau_i = ((x_i - mu_c).v)^2`` and ``c_i <- c_i (1 - tau_i / max tau)``;
+    return the ``mu_c`` with the smallest ``lam`` seen (the plain mean when
+    f = 0). The eigenpair is exact: the covariance's spectrum is that of a
+    W x W matrix built from the Gram matrix, solved by ``eigh`` (jittable).
+    ``max tau`` runs over rows still weighted, so each step zeroes at least one
+    weight and 2f static steps run the loop to its end. ByzFL instead takes one
+    power-iteration step from an unseeded random vector (so its output is
+    random and its eigenvalue approximate), takes ``max tau`` over all rows,
+    and returns None when f = 0. Assumption: at most ``f`` Byzantine inputs
+    and ``n >= 2f + 1``.
+    """
+    f = _int_param("caf", "f", f, minimum=0)
+    return _rule(
+        "caf",
+        functools.partial(_caf, f=f),
+        params=(("f", f),),
+        min_accepted=2 * f + 1,
+        requirement="2f+1",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 2f+1",
+        bound=lambda n: f,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _bulyan(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> jax.Array:
+    _check_inputs(grads_WxP, mask_W)
+    num_rows = grads_WxP.shape[0]
+    count = jnp.sum(mask_W)
+    dist_WxW = _sq_distances(grads_WxP, mask_W)
+    off_diagonal_WxW = ~jnp.eye(num_rows, dtype=bool)
+    theta = count - 2 * f
+
+    def select(step, state):
+        # One Krum pick among the remaining rows (score over their |R| - f - 2
+        # nearest others), moved from the remaining set to the selection.
+        remaining_W, selected_W = state
+        pair_WxW = remaining_W[:, None] & remaining_W[None, :] & off_diagonal_WxW
+        nearest_WxW = jnp.sort(jnp.where(pair_WxW, dist_WxW, jnp.inf), axis=1)
+        take_W = jnp.arange(num_rows) < jnp.sum(remaining_W) - f - 2
+        scores_W = jnp.where(
+            remaining_W, jnp.sum(jnp.where(take_W[None, :], nearest_WxW, 0), 1), jnp.inf
+        )
+        # The last picks score over f - 1 or fewer neighbours and tie by
+        # construction (0 neighbours: every score is 0); ties go to the row
+        # closest to all remaining rows (sum of squared distances).
+        total_W = jnp.sum(jnp.where(pair_WxW, dist_WxW, 0), axis=1)
+        tied_W = scores_W == jnp.min(scores_W)
+        pick = jnp.argmin(jnp.where(tied_W, total_W, jnp.inf))
+        pick_W = jnp.arange(num_rows) == pick
+        pick_W = pick_W & (step < theta)
+        return remaining_W & ~pick_W, selected_W | pick_W
+
+    _, selected_W = lax.fori_loop(
+        0, max(num_rows - 2 * f, 0), select, (mask_W, jnp.zeros(num_rows, bool))
+    )
+    agg_P = _mean_around_median(grads_WxP, selected_W, 2 * f)
+    return _empty_to_nan(agg_P, count >= 4 * f + 3, grads_WxP.dtype)
+
+
+def bulyan(*, f: int) -> AggregationRule:
+    """Bulyan (El Mhamdi, Guerraoui and Rouault, 2018, "The hidden vulnerability
+    of distributed learning in Byzantium") over Krum.
+
+    Selects ``theta = n - 2f`` rows by repeated Krum (each pick scores the
+    remaining rows over their ``|R| - f - 2`` nearest other remaining rows and
+    leaves the set), then per coordinate averages the ``beta = theta - 2f``
+    selected values closest to the selection's median. The last Krum picks
+    score over at most ``f - 1`` neighbours and tie by construction (for f = 1
+    the last pick scores 0 everywhere); the paper leaves ties open, and here
+    they go to the remaining row with the smallest sum of squared distances to
+    the other remaining rows (then the lowest index), so the output does not
+    depend on how workers are numbered. Window ties go to the smaller values.
+    Not in ByzFL.
+    Assumption: at most ``f`` Byzantine inputs and ``n >= 4f + 3``.
+    """
+    f = _int_param("bulyan", "f", f, minimum=0)
+    return _rule(
+        "bulyan",
+        functools.partial(_bulyan, f=f),
+        params=(("f", f),),
+        min_accepted=4 * f + 3,
+        requirement="4f+3",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 4f+3",
+        bound=lambda n: f,
+    )
+
+
+# --------------------------------------------------------------------------- #
 # Registry and host-side checks
 # --------------------------------------------------------------------------- #
 
@@ -755,6 +1108,11 @@ _FACTORIES: dict[str, Callable[..., AggregationRule]] = {
     "multi_krum": multi_krum,
     "geometric_median": geometric_median,
     "centered_clipping": centered_clipping,
+    "mda": mda,
+    "monna": monna,
+    "meamed": meamed,
+    "caf": caf,
+    "bulyan": bulyan,
 }
 RULE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 RULES = Registry("aggregation rule", _FACTORIES)
