@@ -38,8 +38,12 @@ Protocol, for n >= 4 validators, f = (n - 1) // 3 and q = quorum_size(n):
   prepared. The new primary gathers q of them into NEW-VIEW and re-proposes,
   for each sequence above the highest checkpoint, the value prepared in the
   highest view (null where none was): a value prepared by a quorum survives.
-  The view-change timer doubles with each consecutive failed view; f + 1
-  view changes for higher views make a replica join the smallest of them.
+  The view-change timer doubles with each consecutive failed view and, as
+  in PBFT, runs from the moment q replicas have asked for the view; before
+  that quorum a replica re-sends its view change instead of moving further
+  (one that timed out alone would otherwise stay ahead of the others for
+  ever). f + 1 view changes for higher views make a replica join the
+  smallest of them.
 * Safety of signing: every vote is recorded in the durable part of the state
   before the message carrying it is returned, and a replica refuses to sign
   a second digest for the same (kind, view, sequence). Durable state
@@ -50,10 +54,12 @@ Protocol, for n >= 4 validators, f = (n - 1) // 3 and q = quorum_size(n):
   rounds: it broadcasts ``Fetch(last_executed + 1, status=True)``; each peer
   answers with its stable checkpoint certificate, the decision proofs (value
   and commit QC) of a batch it has from there, the proof of its own last
-  decision when it has more than the batch, and a fetch of its own that
-  says where it is. Every proof is verified before it is adopted. Recovery
-  ends after a round, not the first, in which q - 1 peers answered and the
-  replica learned nothing (proofs/liveness.md, step 4).
+  decision when it has more than the batch, a fetch of its own that says
+  where it is, and the NEW-VIEW of its view. Every certificate is verified
+  before it is adopted. Recovery ends after a round, not the first, in which
+  q - 1 peers answered and the replica learned nothing (proofs/liveness.md,
+  step 4). A replica that sees q commit votes for a proposal it never
+  received runs the same rounds.
 * Bad input (malformed, oversized, wrongly signed, wrong view, outside the
   window, a forged QC) is dropped with a ``Dropped`` record saying why,
   logged at DEBUG level, and never changes the state or raises.
@@ -365,6 +371,7 @@ class ReplicaState:
     stable: StableCheckpoint = StableCheckpoint(0, GENESIS_DIGEST)
     last_view_change: bytes | None = None
     pending: Mapping[bytes, bytes] = field(default_factory=dict)  # client requests, by digest
+    last_new_view: bytes | None = None  # the NEW-VIEW that started the current view
     # volatile
     preprepares: Mapping[tuple[int, int], PendingPrePrepare] = field(default_factory=dict)
     votes: Mapping[tuple[str, int, int], Mapping[int, VoteRecord]] = field(default_factory=dict)
@@ -403,6 +410,7 @@ DURABLE_FIELDS = (
     "stable",
     "last_view_change",
     "pending",
+    "last_new_view",
 )
 
 
@@ -412,6 +420,7 @@ class DurableState:
 
     ``pending`` holds the client requests not yet decided: a request is logged when
     it is accepted, so it stays pending across a crash (proofs/liveness.md, step 4).
+    ``last_new_view`` is kept to be relayed to a restarted peer left in an older view.
     """
 
     view: int
@@ -424,6 +433,7 @@ class DurableState:
     stable: StableCheckpoint
     last_view_change: bytes | None
     pending: Mapping[bytes, bytes]
+    last_new_view: bytes | None
 
 
 def durable_state(state: ReplicaState) -> DurableState:
@@ -760,10 +770,11 @@ class _Step:
                 else:
                     # Fewer than q replicas have reached this view: moving further would
                     # only leapfrog those still on their way (they never catch up once
-                    # the timeouts are capped). Say it again and wait for them.
+                    # the timeouts are capped). Say it again, back off and wait for them.
                     previous = self.t.get("last_view_change")
                     if previous is not None:
                         self.broadcast(previous)
+                    self.t.set("vc_attempts", self.t.get("vc_attempts") + 1)
                     self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
 
     def on_deliver(self, src: int, data: bytes) -> None:
@@ -937,7 +948,22 @@ class _Step:
                 return
             verified = True
         self.t.wi("votes", key)[m.signer] = VoteRecord(m.digest, m.signature, verified)
+        if m.kind == COMMIT and (v, s) not in self.t.get("preprepares"):
+            self.decided_unseen(v, s, m.digest)
+            return
         self.advance(v, s)
+
+    def decided_unseen(self, v: int, s: int, d: bytes) -> None:
+        """q commit votes for a proposal this replica never received (lost while it was
+        down, say): s is decided, so catch up by status rounds instead of waiting for
+        traffic that may never come (the linear pattern fetches on the commit QC)."""
+        if s <= self.t.get("fetch_target"):
+            return
+        if self.quorum_votes("votes", (COMMIT, v, s), self.msg(COMMIT, v, s, d), d) is None:
+            return
+        self.t.set("fetch_target", s)
+        if not self.t.get("recovery_round"):
+            self.start_recovery_round()
 
     def conflicting_vote(
         self, field_name: str, key, signer: int, rec: VoteRecord, digest: bytes, signature: bytes
@@ -1286,6 +1312,8 @@ class _Step:
             return
         if self.t.get("recovery_round"):
             self.t.set("recovery_heard", self.t.get("recovery_heard") | {src})
+        elif m.from_seq - 1 > self.last_executed:
+            self.fetch([src])  # a fetch says where its sender is: ahead of us, so ask it
         stable = self.t.get("stable")
         if 0 < stable.seq and stable.seq >= m.from_seq - 1:
             # The asker may lack this checkpoint's certificate (a lost QC broadcast, or
@@ -1303,7 +1331,10 @@ class _Step:
             # More than a batch ahead: prove how far, so the asker keeps fetching.
             self.send(src, self.decision_proof(self.last_executed))
         if m.status:
+            # Where we are: our position, and the NEW-VIEW of our view for one left behind.
             self.send(src, encode_message(Fetch(self.last_executed + 1)))
+            if self.t.get("last_new_view") is not None:
+                self.send(src, self.t.get("last_new_view"))
 
     def decision_proof(self, s: int) -> bytes:
         """``Decided`` for executed sequence ``s``, its votes aggregated into a QC once."""
@@ -1562,15 +1593,18 @@ class _Step:
                 return
             pps.append(PrePrepare(v, s, value, sig))
         nv = NewView(v, vcs, tuple(pps))
-        self.broadcast(encode_message(nv))
-        self.enter_view(nv, checkpoint, plan)
+        data = encode_message(nv)
+        self.broadcast(data)
+        self.enter_view(nv, checkpoint, plan, data)
 
     def on_new_view(self, src: int, nv: NewView, data: bytes) -> None:
         v = nv.view
         if v < self.view or (v == self.view and self.active):
             self.drop("stale-view", f"new view {v}, replica is active in view {self.view}")
             return
-        if src != self.c.primary(v):
+        if src != self.c.primary(v) and not self.t.get("recovery_round"):
+            # While recovering, a NEW-VIEW relayed by a peer is accepted: it is verified
+            # in full below (view changes, re-proposals, the primary's signatures).
             self.drop("not-primary", f"new view {v} from {src}, primary is {self.c.primary(v)}")
             return
         signers = {vc.signer for vc in nv.view_changes}
@@ -1600,12 +1634,13 @@ class _Step:
             ):
                 self.drop("bad-new-view", f"re-proposal for seq {p.seq} not signed by {primary}")
                 return
-        self.enter_view(nv, checkpoint, plan)
+        self.enter_view(nv, checkpoint, plan, data)
 
-    def enter_view(self, nv: NewView, checkpoint: Cert | None, plan) -> None:
+    def enter_view(self, nv: NewView, checkpoint: Cert | None, plan, data: bytes) -> None:
         v = nv.view
         self.t.set("view", v)
         self.t.set("active", True)
+        self.t.set("last_new_view", data)
         self.cancel_timer(VIEW_CHANGE_TIMER)
         self.gc_views(v)
         self.t.set(

@@ -56,7 +56,7 @@ single_messages = st.one_of(
         st.lists(view_changes, max_size=3).map(tuple),
         st.lists(preprepares, max_size=3).map(tuple),
     ),
-    st.builds(Fetch, ints),
+    st.builds(Fetch, ints, st.booleans()),
     st.builds(Decided, ints, ints, values, qcs),
 )
 bundles = st.builds(
@@ -134,6 +134,23 @@ def test_malformed_bundles_are_rejected_with_the_reason():
             decode_message(data)
     with pytest.raises(MalformedMessage, match="itself a bundle"):
         encode_message(Bundle((vote, inner)))
+
+
+def test_a_fetch_says_whether_it_asks_for_status_and_rejects_any_other_flag():
+    """The status flag of a restarted replica's status request is one byte, 0 or 1."""
+    asks = encode_message(Fetch(7, status=True))
+    assert asks == b"\x06" + (7).to_bytes(8, "big") + b"\x01"
+    assert decode_message(asks) == Fetch(7, True)
+    assert decode_message(encode_message(Fetch(7))) == Fetch(7, False)
+    cases = {
+        "status flag of fetch is 2, expected 0 or 1": asks[:-1] + b"\x02",
+        "truncated: status flag needs 1 bytes": asks[:-1],
+        "fetch has 1 bytes of trailing garbage": asks + b"\x00",
+        "from sequence is .* expected below 2\\*\\*63": b"\x06" + b"\xff" * 8 + b"\x00",
+    }
+    for reason, data in cases.items():
+        with pytest.raises(MalformedMessage, match=reason):
+            decode_message(data)
 
 
 def test_message_seq_reads_the_header_of_each_kind():

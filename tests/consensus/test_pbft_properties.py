@@ -3,11 +3,15 @@
 * ``TestPBFTSafetyMachine``: a hypothesis RuleBasedStateMachine whose rules
   deliver, drop, delay, duplicate, partition, crash, restart (with or without
   amnesia), submit, fire timers and let Byzantine replicas act; agreement,
-  integrity, validity and QC soundness are checked after every step, and at
-  teardown the network heals and every submitted value must be decided
-  (liveness after GST with at most f faulty).
+  integrity, validity and QC soundness are checked after every step. At
+  teardown the client retransmits to the replicas that are up, the crashed
+  ones restart after that submission (the client retransmits to everyone only
+  what it has not seen decided), the network heals, and every submitted value
+  must be decided and every live honest replica must hold every decision
+  (liveness after GST with at most f faulty; proofs/liveness.md, step 4).
 * ``test_liveness_after_gst_*``: seeded timed runs with pre-GST chaos and f
-  faulty successive primaries.
+  faulty successive primaries; ``test_restarted_replica_*`` adds an honest
+  replica that crashes and restarts after the last submission.
 * Twins (n = 4): enumerated partition schedules with one twinned identity
   must be safe; canaries with two twinned identities (f + 1 faulty) or with
   the predecessor's quorum n * 2 // 3 must be caught violating agreement.
@@ -38,12 +42,13 @@ from hypothesis.stateful import (
     rule,
 )
 
+from pot_jax.consensus.messages import value_digest
 from pot_jax.consensus.pbft import ALL_TO_ALL, LINEAR
 from pot_jax.crypto.quorum import fault_tolerance
 from pot_jax.network import byzantine
 from pot_jax.network.checker import SafetyChecker, undecided
 from pot_jax.network.cluster import ManualNetwork
-from pot_jax.network.scenario import ScenarioConfig, make_cluster, run_scenario
+from pot_jax.network.scenario import ScenarioConfig, build, make_cluster, run_scenario
 from pot_jax.network.simulator import NetworkConfig, Partition, TimedNetwork
 
 MEMO: dict = {}  # verification results are deterministic; sharing them only saves time
@@ -150,21 +155,33 @@ class PBFTSafetyMachine(RuleBasedStateMachine):
         assert self.cluster.stats.replica_dropped.get("internal-error", 0) == 0
 
     def teardown(self):
+        """After GST the client retransmits to the replicas that are up; then the crashed
+        ones restart, after that submission. The client keeps retransmitting only what it
+        has not seen decided, so a restarted replica must learn every decision made before
+        from its peers (proofs/liveness.md, step 4), with no traffic to prompt it."""
         if not hasattr(self, "cluster"):
             return
         c = self.cluster
-        for node in c.nodes:
-            if not node.up:
-                c.restart(node.id)
-        for value in list(c.proposals.values()) + [
-            b"value-%d" % k for k in range(1, self.values + 1)
-        ]:
-            if _valid(value):
-                c.submit(value)  # clients retransmit after GST
+        values = [v for v in c.proposals.values() if v is not None]
+        values += [b"value-%d" % k for k in range(1, self.values + 1)]
+        values = [v for v in dict.fromkeys(values) if _valid(v)]
+        down = [node.id for node in c.nodes if not node.up]
+        for value in values:
+            c.submit(value)  # to the replicas that are up
+        for node_id in down:
+            c.restart(node_id)
+        decided = {d for x in c.honest() for d in c.decided_digests(x)}
+        for value in values:
+            if value_digest(value) not in decided:
+                c.submit(value)  # still undecided: the client retransmits to everyone
         wanted = {d for d, v in c.proposals.items()} & set(c.submitted)
-        self.net.run_fair(max_steps=50_000, stop=lambda: not undecided(c, wanted))
+        self.net.run_fair(
+            max_steps=50_000,
+            stop=lambda: not undecided(c, wanted) and not c.missing_decisions(),
+        )
         assert self.checker.violations() == []
         assert undecided(c, wanted) == {}, "liveness after GST"
+        assert c.missing_decisions() == {}, "a live honest replica lacks a decision"
 
 
 PBFTSafetyMachine.TestCase.settings = settings(
@@ -218,6 +235,95 @@ def test_liveness_after_gst_with_f_faulty_successive_primaries(n, pattern, behav
     # Views: at most the pre-GST escalation (one per timeout) plus f faulty primaries and one
     # more for desynchronised timers.
     assert r["views"] <= gst / cfg.request_timeout + 2 * f + 2, r["views"]
+
+
+def run_with_restarts(cfg: ScenarioConfig) -> dict:
+    """Run ``cfg`` as ``run_scenario`` does, but stop only once every scheduled restart has
+    happened and every live honest replica holds every submitted value and every decision
+    (``run_scenario`` stops when the replicas that are up agree, which can be before a
+    restart)."""
+    cluster, net, memo = build(cfg)
+    values = [b"value-%d-%d" % (cfg.seed, k) for k in range(cfg.values)]
+    for k, v in enumerate(values):
+        net.submit_at(k * cfg.submit_interval, v)
+    for at, node in cfg.crashes:
+        net.crash_at(at, node)
+    for at, node, amnesia in cfg.restarts:
+        net.restart_at(at, node, amnesia=amnesia)
+    for node, _ in cfg.byzantine:
+        net.act_every(cfg.act_interval, node, cfg.max_time / 2)
+    digests = {value_digest(v) for v in values}
+    last_restart = max((at for at, _, _ in cfg.restarts), default=0.0)
+    seen = [-1]
+
+    def done() -> bool:
+        if net.time < last_restart or cluster.decision_events == seen[0]:
+            return False
+        seen[0] = cluster.decision_events
+        return not undecided(cluster, digests) and not cluster.missing_decisions()
+
+    net.run(until=cfg.max_time, stop=done)
+    return {
+        "safety_violations": SafetyChecker(cluster, memo).violations(),
+        "undecided": undecided(cluster, digests),
+        "missing_decisions": cluster.missing_decisions(),
+        "views": max(x.state.view for x in cluster.honest() if x.up),
+        "internal_errors": cluster.stats.replica_dropped.get("internal-error", 0),
+        "virtual_time": net.time,
+    }
+
+
+RESTART_SCHEDULES = {
+    "n": st.sampled_from([4, 5, 6, 7]),
+    "pattern": st.sampled_from([ALL_TO_ALL, LINEAR]),
+    "behaviour": st.sampled_from(["none", "silent", "equivocating_primary", "invalid_signatures"]),
+    "crashed": st.integers(0, 6),
+    "crash_at": st.floats(0.0, 30.0),
+    "restart_after": st.floats(0.5, 60.0),
+    "seed": st.integers(0, 2**16),
+}
+
+
+def check_restart_schedule(n, pattern, behaviour, crashed, crash_at, restart_after, seed):
+    """One schedule of ``test_restarted_replica_holds_every_decision_after_gst``."""
+    f = fault_tolerance(n)
+    byz = () if behaviour == "none" else tuple((i, behaviour) for i in range(f))
+    node = len(byz) + crashed % (n - len(byz))
+    values, interval = 4, 1.0
+    restart_at = max(crash_at, (values - 1) * interval) + restart_after
+    r = run_with_restarts(
+        ScenarioConfig(
+            n=n,
+            pattern=pattern,
+            values=values,
+            submit_interval=interval,
+            seed=seed,
+            byzantine=byz,
+            crashes=((crash_at, node),),
+            restarts=((restart_at, node, False),),
+            network=NetworkConfig(
+                drop_rate=0.2, duplicate_rate=0.1, gst=40.0, random_partitions=1.0
+            ),
+            checkpoint_interval=2,
+            window=4,
+            max_time=5_000.0,
+        )
+    )
+    assert r["safety_violations"] == [] and r["internal_errors"] == 0, r
+    assert r["undecided"] == {} and r["missing_decisions"] == {}, r
+
+
+@settings(max_examples=12, deadline=None)
+@given(**RESTART_SCHEDULES)
+def test_restarted_replica_holds_every_decision_after_gst(
+    n, pattern, behaviour, crashed, crash_at, restart_after, seed
+):
+    """Four values, one per time unit; an honest replica crashes before, during or after
+    the decisions and restarts after the last submission; identities 0..f-1 are Byzantine
+    (or none is); before GST the network drops, duplicates and partitions. After GST every
+    live honest replica, the restarted one included, holds every decision
+    (proofs/liveness.md, step 4)."""
+    check_restart_schedule(n, pattern, behaviour, crashed, crash_at, restart_after, seed)
 
 
 # ---------------------------------------------------------------------------
@@ -305,7 +411,9 @@ def test_canary_six_of_ten_breaks_agreement_with_only_f_faulty():
 @pytest.mark.slow
 @pytest.mark.parametrize("pattern", [ALL_TO_ALL, LINEAR])
 def test_long_run_random_schedules(pattern):
-    """Random timed schedules, 5000 per pattern by default (POT_JAX_LONG_RUN_EXAMPLES)."""
+    """Random timed schedules, 5000 per pattern by default (POT_JAX_LONG_RUN_EXAMPLES).
+    Half of them crash an honest replica and restart it after the last submission; every
+    live honest replica must end with every value and every decision."""
     examples = int(os.environ.get("POT_JAX_LONG_RUN_EXAMPLES", "5000"))
     ran = []
 
@@ -315,16 +423,23 @@ def test_long_run_random_schedules(pattern):
         behaviour=st.sampled_from(list(byzantine.STRATEGIES)),
         seed=st.integers(0, 2**32 - 1),
         drop=st.floats(0, 0.5),
+        crash=st.none() | st.tuples(st.integers(0, 6), st.floats(0, 40), st.floats(0.5, 60)),
     )
-    def run(n, behaviour, seed, drop):
+    def run(n, behaviour, seed, drop, crash):
         f = fault_tolerance(n)
-        r = run_scenario(
+        crashes, restarts = (), ()
+        if crash is not None:  # values are all submitted at t = 0: any restart is after
+            node, at, after = f + crash[0] % (n - f), crash[1], crash[2]
+            crashes, restarts = ((at, node),), ((at + after, node, False),)
+        r = run_with_restarts(
             ScenarioConfig(
                 n=n,
                 pattern=pattern,
                 values=3,
                 seed=seed,
                 byzantine=tuple((i, behaviour) for i in range(f)),
+                crashes=crashes,
+                restarts=restarts,
                 network=NetworkConfig(
                     drop_rate=drop, duplicate_rate=0.1, gst=40.0, random_partitions=1.0
                 ),
@@ -333,7 +448,8 @@ def test_long_run_random_schedules(pattern):
                 max_time=5_000.0,
             )
         )
-        assert r["safety_violations"] == [] and r["all_decided"], r
+        assert r["safety_violations"] == [] and r["internal_errors"] == 0, r
+        assert r["undecided"] == {} and r["missing_decisions"] == {}, r
         ran.append(r["views"])
 
     run()

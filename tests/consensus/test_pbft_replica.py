@@ -418,9 +418,12 @@ def test_value_prepared_by_a_quorum_survives_the_view_change(pattern):
 
 
 def test_request_timer_asks_peers_first_then_view_change_timers_back_off():
+    """First expiry: fetch; second: view change. Once q replicas have joined a view, its
+    timer restarts (the new primary gets the whole timeout) and its expiry moves on to the
+    next view, each failed view doubling the timeout (proofs/liveness.md, steps 1-2)."""
     sks, validators = simulation_keys(4)
     cfg = ReplicaConfig(chain_id=CHAIN, validators=validators, view_change_timeout=3.0)
-    r = Replica(cfg, 1, sks[1])
+    r = Replica(cfg, 0, sks[0])  # primary of view 0, not of views 1..3
     res = step(r, initial_state(r), Submit(b"a"))
     (timer,) = res.timers
     res = step(r, res.state, TimerExpired(timer.name, timer.token))
@@ -432,11 +435,54 @@ def test_request_timer_asks_peers_first_then_view_change_timers_back_off():
         res = step(r, res.state, TimerExpired(timer.name, timer.token))
         assert res.state.view == view and not res.state.active
         assert any(isinstance(decode_message(x.data), ViewChange) for x in res.sends)
-        (timer,) = [t for t in res.timers if t.name == VIEW_CHANGE_TIMER]
+        for i in (2, 3):
+            vc = _signed_view_change(sks[i], ViewChange(view, None, (), i, b""))
+            res = step(r, res.state, Deliver(i, encode_message(vc)))
+        (timer,) = [t for t in res.timers if t.name == VIEW_CHANGE_TIMER]  # at the quorum
         delays.append(timer.delay)
     assert delays == [3.0, 6.0, 12.0]
     stale = step(r, res.state, TimerExpired(timer.name, timer.token - 1))
     assert stale.state is res.state
+
+
+def test_a_view_change_timer_without_a_quorum_resends_and_waits():
+    """Fewer than q replicas asked for the view: on expiry the replica fetches and sends its
+    view change again, backing off, but stays in the view (proofs/liveness.md, step 2)."""
+    sks, validators = simulation_keys(4)
+    cfg = ReplicaConfig(chain_id=CHAIN, validators=validators, view_change_timeout=3.0)
+    r = Replica(cfg, 1, sks[1])
+    res = step(r, initial_state(r), Submit(b"a"))
+    for _ in range(2):
+        (timer,) = res.timers
+        res = step(r, res.state, TimerExpired(timer.name, timer.token))
+    vc = res.state.last_view_change
+    assert res.state.view == 1 and res.timers[0].delay == 3.0
+    delays = []
+    for _ in range(3):
+        (timer,) = res.timers
+        res = step(r, res.state, TimerExpired(timer.name, timer.token))
+        assert res.state.view == 1 and not res.state.active
+        assert [s.data for s in res.sends] == [encode_message(Fetch(1)), vc]
+        delays.append(res.timers[0].delay)
+    assert delays == [6.0, 12.0, 24.0]
+
+
+def test_a_replica_alone_in_a_higher_view_waits_so_views_do_not_leapfrog():
+    """Replica 3 timed out alone many times; the others time out later. With capped
+    timeouts a replica that kept moving on would stay ahead of them forever (f + 1 view
+    changes are needed to pull them up, and the silent validator sends none); waiting for a
+    quorum in its view lets them meet and decide."""
+    c, net = cluster(4, ALL_TO_ALL, strategies={2: byzantine.silent()})
+    c.submit(b"a", nodes=[3])
+    for _ in range(9):  # fetch, view change to 1, then seven view-change timer expiries
+        (t,) = [x for x in net.timers if x[0] == 3]
+        net.fire(net.timers.index(t))
+    assert c.nodes[3].state.view == 1
+    c.submit(b"a")
+    net.run_fair(max_steps=20_000, stop=lambda: not undecided(c))
+    assert undecided(c) == {}
+    assert {x.state.view for x in c.honest()} == {1}
+    assert SafetyChecker(c, MEMO).violations() == []
 
 
 def test_f_plus_one_view_changes_make_a_replica_join():
