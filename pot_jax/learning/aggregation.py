@@ -15,6 +15,11 @@ the style of ``optax.GradientTransformation``::
     agg_P = rule.aggregate(grads_WxP, mask_W)        # jittable
     agg_P = aggregate_checked(rule, grads_WxP, mask_W, n_byzantine=2)  # host side
 
+A pre-aggregator (``nnm``, ``bucketing``, ``clipping``, ``arc``) maps
+``(grads_WxP, mask_W)`` to the rows a rule then aggregates; :func:`compose`
+(or the name ``pre+rule``: ``make_rule("nnm+krum", f=3)``, ``--aggregation
+nnm+krum:f=3``) puts it in front of any rule.
+
 Each rule states its assumption on the number of Byzantine inputs among the n
 accepted ones (``max_byzantine(n)``) and the fewest accepted rows it is
 defined for (``min_accepted``). Host side, :func:`check_assumption` raises
@@ -50,7 +55,8 @@ import inspect
 import itertools
 import math
 import operator
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -58,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from pot_jax.registry import Registry
+from pot_jax.registry import ComponentSpec, Registry, parse_spec
 
 # Weighted sums over at most this many rows are unrolled into one fused kernel.
 _UNROLL_SUM_MAX_W = 64
@@ -778,10 +784,13 @@ def _ranks(keys_W: jax.Array) -> jax.Array:
 def _mean_around_median(grads_WxP: jax.Array, mask_W: jax.Array, drop: int) -> jax.Array:
     """Per coordinate, the mean of the ``n - drop`` accepted values closest to the median.
 
-    The k values closest to the median are a window of k consecutive values in
-    sorted order, starting at one of ranks 0..drop (static); the chosen window
-    is the one whose farthest value is closest to the median (ties: the lower
-    window). Rejected rows sort last as +inf and no window reaches them.
+    Needs ``n >= 2 drop + 1``. The k = n - drop values closest to the median m
+    are the sorted values at ranks a..a+k-1 for some a in 0..drop, and then
+    ``s_a <= m <= s_{a+k}``: sliding the window from a to a+1 swaps ``s_a``
+    for ``s_{a+k}``, worth it iff ``s_{a+k} - m < m - s_a``, a condition that
+    holds for a prefix of a. So the start is the number of a < drop where it
+    holds (ties keep the lower window). Rejected rows sort last as +inf and no
+    window reaches them.
     """
     num_rows = grads_WxP.shape[0]
     acc = _acc_dtype(grads_WxP.dtype)
@@ -800,13 +809,10 @@ def _mean_around_median(grads_WxP: jax.Array, mask_W: jax.Array, drop: int) -> j
     lo, hi = (count - 1) // 2, count // 2
     median_P = jnp.where(lo == hi, at_rank(lo), 0.5 * at_rank(lo) + 0.5 * at_rank(hi))
     k = count - drop
-    best_cost_P = jnp.full(grads_WxP.shape[1:], jnp.inf, acc)
     start_P = jnp.zeros(grads_WxP.shape[1:], jnp.int32)
-    for a in range(min(drop, num_rows - 1) + 1):
-        cost_P = jnp.maximum(median_P - rows[a], at_rank(a + k - 1) - median_P)
-        better_P = cost_P < best_cost_P
-        best_cost_P = jnp.where(better_P, cost_P, best_cost_P)
-        start_P = jnp.where(better_P, a, start_P)
+    for a in range(min(drop, num_rows - 1)):
+        slide_P = at_rank(a + k) - median_P < median_P - rows[a]
+        start_P = start_P + slide_P.astype(jnp.int32)
     total_P = jnp.zeros(grads_WxP.shape[1:], acc)
     for r in range(num_rows):
         inside_P = (r >= start_P) & (r < start_P + k)
@@ -1097,6 +1103,295 @@ def bulyan(*, f: int) -> AggregationRule:
 
 
 # --------------------------------------------------------------------------- #
+# Pre-aggregators: (grads_WxP, mask_W) -> (grads_VxP, mask_V), composed with a rule
+# --------------------------------------------------------------------------- #
+
+
+class PreAggregateFn(Protocol):
+    """The pure function of a pre-aggregator."""
+
+    def __call__(self, grads_WxP: jax.Array, mask_W: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Maps the accepted rows to the rows a rule then aggregates.
+
+        Args:
+          grads_WxP: (W, P) floating array, one flat gradient per worker.
+          mask_W: (W,) bool array, True for accepted workers.
+
+        Returns:
+          (grads_VxP, mask_V): V static rows of the input dtype (0 in rows
+          outside mask_V) and their mask; mask_V is all False when fewer than
+          ``min_accepted`` rows came in.
+        """
+
+
+class PreAggregator(NamedTuple):
+    """A named pre-aggregator; :func:`compose` puts it in front of a rule.
+
+    Attributes:
+      name: the registry name (``PRE_AGGREGATOR_NAMES``).
+      transform: ``(grads_WxP, mask_W) -> (grads_VxP, mask_V)``, pure and jittable.
+      out_count: how many accepted rows come out of n accepted rows.
+      max_byzantine: its own tolerance, the most Byzantine inputs among n.
+      min_accepted: the fewest accepted inputs it is defined for.
+      requirement: how ``min_accepted`` follows from the parameters.
+      assumption: the tolerance statement in words.
+      params: the static parameters as ``(name, value)`` pairs.
+    """
+
+    name: str
+    transform: PreAggregateFn
+    out_count: Callable[[int], int]
+    max_byzantine: Callable[[int], int]
+    min_accepted: int
+    requirement: str
+    assumption: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return _label(self.name, self.params)
+
+
+def _pre(
+    name: str,
+    transform: PreAggregateFn,
+    *,
+    params: tuple[tuple[str, Any], ...],
+    min_accepted: int,
+    requirement: str,
+    assumption: str,
+    bound: Callable[[int], int],
+    out_count: Callable[[int], int] = lambda n: n,
+) -> PreAggregator:
+    return PreAggregator(
+        name=name,
+        transform=transform,
+        out_count=out_count,
+        max_byzantine=_make_max_byzantine(_label(name, params), requirement, min_accepted, bound),
+        min_accepted=min_accepted,
+        requirement=requirement,
+        assumption=assumption,
+        params=params,
+    )
+
+
+def _mix(weights_VxW: jax.Array, grads_WxP: jax.Array, mask_W: jax.Array) -> jax.Array:
+    """``weights_VxW @ grads_WxP`` with rejected rows selected to 0 first (no 0 * NaN)."""
+    acc = _acc_dtype(grads_WxP.dtype)
+    clean_WxP = jnp.where(mask_W[:, None], grads_WxP, 0).astype(acc)
+    return jnp.dot(weights_VxW.astype(acc), clean_WxP, precision=lax.Precision.HIGHEST)
+
+
+def _row_norms(grads_WxP: jax.Array, mask_W: jax.Array) -> jax.Array:
+    acc = _acc_dtype(grads_WxP.dtype)
+    clean_WxP = jnp.where(mask_W[:, None], grads_WxP, 0).astype(acc)
+    return jnp.sqrt(jnp.sum(jnp.square(clean_WxP), axis=1))
+
+
+def _scale_rows(grads_WxP: jax.Array, mask_W: jax.Array, scale_W: jax.Array) -> jax.Array:
+    acc = _acc_dtype(grads_WxP.dtype)
+    out_WxP = jnp.where(mask_W[:, None], grads_WxP.astype(acc) * scale_W[:, None], 0)
+    return out_WxP.astype(grads_WxP.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _nnm(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> tuple[jax.Array, jax.Array]:
+    _check_inputs(grads_WxP, mask_W)
+    num_rows = grads_WxP.shape[0]
+    count = jnp.sum(mask_W)
+    dist_WxW = _sq_distances(grads_WxP, mask_W)
+    both_WxW = mask_W[:, None] & mask_W[None, :]
+    dist_WxW = jnp.where(both_WxW, dist_WxW, jnp.inf)
+    dist_WxW = jnp.where(jnp.eye(num_rows, dtype=bool), -1, dist_WxW)  # itself first
+    order_WxW = jnp.argsort(dist_WxW, axis=1, stable=True)
+    rank_WxW = jnp.argsort(order_WxW, axis=1, stable=True)
+    k = count - f
+    weights_WxW = (both_WxW & (rank_WxW < k)).astype(_acc_dtype(grads_WxP.dtype)) / k
+    mixed_WxP = _mix(weights_WxW, grads_WxP, mask_W)
+    ok = count >= 2 * f + 1
+    out_mask_W = mask_W & ok
+    return jnp.where(out_mask_W[:, None], mixed_WxP, 0).astype(grads_WxP.dtype), out_mask_W
+
+
+def nnm(*, f: int) -> PreAggregator:
+    """Nearest-neighbour mixing (NNM; Allouah et al., 2023, "Fixing by mixing").
+
+    Replaces each accepted gradient by the average of its ``n - f`` nearest
+    accepted gradients, itself included; ties go to the lowest worker index
+    (ByzFL: ``argpartition``, arbitrary). Composed with a rule that tolerates
+    f Byzantine inputs, the paper shows the composition keeps that tolerance
+    with a better robustness coefficient. Assumption: at most ``f`` Byzantine
+    inputs and ``n >= 2f + 1``.
+    """
+    f = _int_param("nnm", "f", f, minimum=0)
+    return _pre(
+        "nnm",
+        functools.partial(_nnm, f=f),
+        params=(("f", f),),
+        min_accepted=2 * f + 1,
+        requirement="2f+1",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 2f+1",
+        bound=lambda n: f,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("s", "seed"))
+def _bucketing(
+    grads_WxP: jax.Array, mask_W: jax.Array, *, s: int, seed: int
+) -> tuple[jax.Array, jax.Array]:
+    _check_inputs(grads_WxP, mask_W)
+    num_rows = grads_WxP.shape[0]
+    num_buckets = -(-num_rows // s)
+    count = jnp.sum(mask_W)
+    keys_W = jax.random.uniform(jax.random.PRNGKey(seed), (num_rows,))
+    rank_W = _ranks(jnp.where(mask_W, keys_W, 2.0))  # accepted rows first, shuffled
+    bucket_V = jnp.arange(num_buckets)
+    member_VxW = mask_W[None, :] & (rank_W[None, :] // s == bucket_V[:, None])
+    size_V = jnp.sum(member_VxW, axis=1)
+    weights_VxW = member_VxW.astype(_acc_dtype(grads_WxP.dtype)) / jnp.maximum(size_V, 1)[:, None]
+    out_mask_V = (size_V > 0) & (count >= 1)
+    means_VxP = _mix(weights_VxW, grads_WxP, mask_W)
+    return jnp.where(out_mask_V[:, None], means_VxP, 0).astype(grads_WxP.dtype), out_mask_V
+
+
+def bucketing(*, s: int, seed: int = 0) -> PreAggregator:
+    """Bucketing (Karimireddy, He and Jaggi, 2022, "Byzantine-robust learning on
+    heterogeneous datasets via bucketing").
+
+    Shuffles the n accepted gradients and averages consecutive buckets of
+    ``s`` (the last one may be smaller), giving ``ceil(n / s)`` rows. A
+    Byzantine input corrupts at most one bucket, so the rule behind it must
+    tolerate f Byzantine rows among ``ceil(n / s)``; the paper takes
+    ``s <= n / (2f)`` or so, per its delta_max. To stay pure the shuffle comes
+    from ``seed`` (``jax.random.PRNGKey(seed)``), so it is the same permutation
+    of worker slots every call: vary ``seed`` per round (e.g. with
+    ``jax.random.fold_in`` upstream) if workers must not know their bucket.
+    ByzFL draws a fresh permutation from the global RNG at every call.
+    """
+    s = _int_param("bucketing", "s", s, minimum=1)
+    seed = _int_param("bucketing", "seed", seed, minimum=0)
+    return _pre(
+        "bucketing",
+        functools.partial(_bucketing, s=s, seed=seed),
+        params=(("s", s), ("seed", seed)),
+        min_accepted=1,
+        requirement="1",
+        assumption="each Byzantine input corrupts at most one bucket",
+        bound=lambda n: n,
+        out_count=lambda n: -(-n // s),
+    )
+
+
+@jax.jit
+def _clipping(grads_WxP: jax.Array, mask_W: jax.Array, c: float) -> tuple[jax.Array, jax.Array]:
+    _check_inputs(grads_WxP, mask_W)
+    norm_W = _row_norms(grads_WxP, mask_W)
+    scale_W = jnp.minimum(1, c / jnp.maximum(norm_W, jnp.finfo(norm_W.dtype).tiny))
+    return _scale_rows(grads_WxP, mask_W, scale_W), mask_W
+
+
+def clipping(*, c: float) -> PreAggregator:
+    """Static clipping: each accepted gradient scaled to norm at most ``c``
+    (``x * min(1, c / ||x||)``). Keeps the rule's tolerance; bounds what one
+    input can contribute, at the price of bias when honest norms exceed c.
+    """
+    c = _positive_param("clipping", "c", c)
+    return _pre(
+        "clipping",
+        functools.partial(_clipping, c=c),
+        params=(("c", c),),
+        min_accepted=1,
+        requirement="1",
+        assumption="no assumption of its own (the rule's applies)",
+        bound=lambda n: n,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _arc(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> tuple[jax.Array, jax.Array]:
+    _check_inputs(grads_WxP, mask_W)
+    count = jnp.sum(mask_W)
+    norm_W = _row_norms(grads_WxP, mask_W)
+    # k = floor(2 (f / n) (n - f)) in integers; clip to the (k + 1)-th largest norm.
+    k = jnp.maximum(2 * f * (count - f), 0) // jnp.maximum(count, 1)
+    descending_W = -jnp.sort(jnp.where(mask_W, -norm_W, jnp.inf))
+    threshold = lax.dynamic_index_in_dim(descending_W, k, keepdims=False)
+    scale_W = jnp.minimum(1, threshold / jnp.maximum(norm_W, jnp.finfo(norm_W.dtype).tiny))
+    out_mask_W = mask_W & (count >= 2 * f + 1)
+    return _scale_rows(grads_WxP, out_mask_W, scale_W), out_mask_W
+
+
+def arc(*, f: int) -> PreAggregator:
+    """Adaptive robust clipping (ARC; Allouah, Guerraoui, Gupta, Jellouli, Rizk and
+    Stephan, "The vital role of gradient clipping in Byzantine-resilient
+    distributed learning", arXiv:2405.14432, ICLR 2025).
+
+    With ``k = floor(2 (f / n) (n - f))``, clips every accepted gradient to
+    the norm of the (k + 1)-th largest accepted norm, so the k largest are
+    scaled down to it and the rest are unchanged. k is computed in integers;
+    ByzFL computes it in floating point (``int(2 * f / n * (n - f))``) and
+    clips in place, mutating its input. Assumption: at most ``f`` Byzantine
+    inputs and ``n >= 2f + 1``.
+    """
+    f = _int_param("arc", "f", f, minimum=0)
+    return _pre(
+        "arc",
+        functools.partial(_arc, f=f),
+        params=(("f", f),),
+        min_accepted=2 * f + 1,
+        requirement="2f+1",
+        assumption=f"at most f = {f} Byzantine inputs and n >= 2f+1",
+        bound=lambda n: f,
+    )
+
+
+def _merge_params(pre: PreAggregator, rule: AggregationRule) -> tuple[tuple[str, Any], ...]:
+    """The parts' parameters; a key both take with different values is prefixed by its part."""
+    ours, theirs = dict(pre.params), dict(rule.params)
+    merged = []
+    for key, value in pre.params:
+        clash = key in theirs and theirs[key] != value
+        merged.append((f"{pre.name}.{key}" if clash else key, value))
+    for key, value in rule.params:
+        if key not in ours:
+            merged.append((key, value))
+        elif ours[key] != value:
+            merged.append((f"{rule.name}.{key}", value))
+    return tuple(merged)
+
+
+def compose(pre: PreAggregator, rule: AggregationRule) -> AggregationRule:
+    """The rule ``pre+rule``: ``rule.aggregate(*pre.transform(grads_WxP, mask_W))``.
+
+    It tolerates, among n accepted inputs, the fewer of what ``pre`` tolerates
+    and what ``rule`` tolerates among the ``pre.out_count(n)`` rows it is given,
+    and needs enough inputs for both.
+    """
+
+    def aggregate(grads_WxP: jax.Array, mask_W: jax.Array) -> jax.Array:
+        return rule.aggregate(*pre.transform(grads_WxP, mask_W))
+
+    minimum = pre.min_accepted
+    while pre.out_count(minimum) < rule.min_accepted:
+        minimum += 1
+    if pre.out_count(minimum) == minimum and minimum == rule.min_accepted:
+        requirement = rule.requirement
+    elif minimum == pre.min_accepted:
+        requirement = pre.requirement
+    else:
+        requirement = f"{rule.requirement} rows after {pre.label}"
+    return _rule(
+        f"{pre.name}+{rule.name}",
+        aggregate,
+        params=_merge_params(pre, rule),
+        min_accepted=minimum,
+        requirement=requirement,
+        assumption=f"{pre.name}: {pre.assumption}; then {rule.name}: {rule.assumption}",
+        bound=lambda n: min(pre.max_byzantine(n), rule.max_byzantine(pre.out_count(n))),
+    )
+
+
+# --------------------------------------------------------------------------- #
 # Registry and host-side checks
 # --------------------------------------------------------------------------- #
 
@@ -1115,7 +1410,146 @@ _FACTORIES: dict[str, Callable[..., AggregationRule]] = {
     "bulyan": bulyan,
 }
 RULE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
-RULES = Registry("aggregation rule", _FACTORIES)
+
+_PRE_FACTORIES: dict[str, Callable[..., PreAggregator]] = {
+    "nnm": nnm,
+    "bucketing": bucketing,
+    "clipping": clipping,
+    "arc": arc,
+}
+PRE_AGGREGATOR_NAMES: tuple[str, ...] = tuple(_PRE_FACTORIES)
+
+
+def _keyword_params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(factory).parameters)
+
+
+def _composition_parts(name: str) -> list[tuple[str, Callable[..., Any]]]:
+    """``PRE+...+RULE``: the factories of the pre-aggregators, then of the rule."""
+    *pres, last = name.split("+")
+    parts = []
+    for part in pres:
+        if part not in _PRE_FACTORIES:
+            raise ValueError(
+                f"{name}: {part!r} is not a pre-aggregator; expected one of "
+                f"{', '.join(_PRE_FACTORIES)}"
+            )
+        parts.append((part, _PRE_FACTORIES[part]))
+    if last not in _FACTORIES:
+        raise ValueError(
+            f"{name}: {last!r} is not an aggregation rule; expected one of {', '.join(_FACTORIES)}"
+        )
+    parts.append((last, _FACTORIES[last]))
+    return parts
+
+
+def _make_composition(name: str, params: dict[str, Any]) -> AggregationRule:
+    """Each parameter goes to every part that takes it; one no part takes is an error."""
+    parts = _composition_parts(name)
+    takes = [(part, _keyword_params(factory)) for part, factory in parts]
+    for key in params:
+        if not any(key in accepted for _, accepted in takes):
+            described = "; ".join(
+                f"{part} takes {', '.join(accepted) or 'no parameters'}" for part, accepted in takes
+            )
+            raise ValueError(f"{name} has no parameter {key!r}; {described}")
+    built = []
+    for (part, factory), (_, accepted) in zip(parts, takes, strict=True):
+        for key, parameter in accepted.items():
+            if parameter.default is inspect.Parameter.empty and key not in params:
+                raise ValueError(f"{name} needs parameter {key!r} (for {part})")
+        built.append(factory(**{k: v for k, v in params.items() if k in accepted}))
+    *pres, rule = built
+    for pre in reversed(pres):
+        rule = compose(pre, rule)
+    return rule
+
+
+def _composition_factory(name: str) -> Callable[..., AggregationRule]:
+    """A factory for ``name`` whose signature is the union of its parts' parameters."""
+    merged: dict[str, inspect.Parameter] = {}
+    for _, factory in _composition_parts(name):
+        for key, parameter in _keyword_params(factory).items():
+            parameter = parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            if key not in merged or parameter.default is inspect.Parameter.empty:
+                merged[key] = parameter
+
+    def factory(**params: Any) -> AggregationRule:
+        return _make_composition(name, params)
+
+    factory.__signature__ = inspect.Signature(list(merged.values()))
+    return factory
+
+
+@typing.final
+class RuleRegistry:
+    """The aggregation rules by name, plus compositions ``PRE+RULE[:key=value,...]``.
+
+    Same interface as :class:`pot_jax.registry.Registry` (``register``,
+    ``names``, ``factory``, ``check``, ``build``), to which it hands every spec
+    without a ``+``. ``parse_spec`` accepts identifiers only, so a composed
+    spec (``nnm+krum:f=3``, ``clipping+nnm+krum:c=2.0,f=3``) is read here:
+    registered pre-aggregators, then one registered rule, and each parameter
+    goes to every part that takes it.
+    """
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+        self.kind = registry.kind
+
+    def register(self, name: str, factory: Callable[..., Any], *, replace: bool = False) -> None:
+        self._registry.register(name, factory, replace=replace)
+
+    def names(self) -> tuple[str, ...]:
+        return self._registry.names()
+
+    def factory(self, spec: ComponentSpec, *, flag: str) -> Callable[..., Any]:
+        if "+" not in spec.name:
+            return self._registry.factory(spec, flag=flag)
+        try:
+            return _composition_factory(spec.name)
+        except ValueError as err:
+            raise ValueError(f"{flag} {spec}: {err}") from None
+
+    def check(self, text: str, *, flag: str, extra: Mapping[str, Any] | None = None) -> str:
+        spec = self._composed_spec(text, flag=flag)
+        if spec is None:
+            return self._registry.check(text, flag=flag, extra=extra)
+        self._build(spec, flag=flag, extra=dict(extra or {}))
+        return str(spec)
+
+    def build(self, text: str, *, flag: str, **extra: Any) -> Any:
+        spec = self._composed_spec(text, flag=flag)
+        if spec is None:
+            return self._registry.build(text, flag=flag, **extra)
+        return self._build(spec, flag=flag, extra=extra)
+
+    @staticmethod
+    def _composed_spec(text: Any, *, flag: str) -> ComponentSpec | None:
+        if not isinstance(text, str):
+            return None
+        head, sep, rest = text.strip().partition(":")
+        if "+" not in head:
+            return None
+        if not all(part.isidentifier() for part in head.split("+")):
+            raise ValueError(
+                f"{flag} {text!r}: a composition is PRE+RULE of registered names, then "
+                ":key=value,... (e.g. nnm+krum:f=3)"
+            )
+        params = parse_spec(head.rsplit("+", 1)[1] + sep + rest, flag=flag).params
+        return ComponentSpec(head, params)
+
+    @staticmethod
+    def _build(spec: ComponentSpec, *, flag: str, extra: dict[str, Any]) -> AggregationRule:
+        try:
+            taken = set().union(*(_keyword_params(f) for _, f in _composition_parts(spec.name)))
+            passed = {k: v for k, v in extra.items() if k in taken}
+            return _make_composition(spec.name, {**passed, **spec.kwargs})
+        except ValueError as err:
+            raise ValueError(f"{flag} {spec}: {err}") from None
+
+
+RULES = RuleRegistry(Registry("aggregation rule", _FACTORIES))
 
 
 def register_rule(name: str, factory: Callable[..., AggregationRule]) -> None:
@@ -1123,8 +1557,27 @@ def register_rule(name: str, factory: Callable[..., AggregationRule]) -> None:
     RULES.register(name, factory)
 
 
+def register_pre_aggregator(name: str, factory: Callable[..., PreAggregator]) -> None:
+    """Make a pre-aggregator factory usable in compositions ``NAME+RULE``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a pre-aggregator name must be an identifier, got {name!r}")
+    if name in _PRE_FACTORIES or name in _FACTORIES:
+        raise ValueError(f"a pre-aggregator or rule named {name!r} is already registered")
+    _PRE_FACTORIES[name] = factory
+
+
 def make_rule(name: str, **params: Any) -> AggregationRule:
-    """The rule called ``name`` with keyword ``params`` (e.g. ``make_rule("krum", f=2)``)."""
+    """The rule called ``name`` with keyword ``params`` (e.g. ``make_rule("krum", f=2)``).
+
+    ``name`` may compose pre-aggregators with a rule, ``make_rule("nnm+krum", f=3)``:
+    each parameter goes to every part that takes it.
+    """
+    if isinstance(name, str) and "+" in name:
+        return _make_composition(name, params)
+    if isinstance(name, str) and name in _PRE_FACTORIES:
+        raise ValueError(
+            f"{name} is a pre-aggregator, not a rule; compose it with one, e.g. {name}+krum"
+        )
     try:
         factory = _FACTORIES[name]
     except (KeyError, TypeError):

@@ -1,4 +1,5 @@
-"""Property tests for the ByzFL rules (mda, monna, meamed, caf) and Bulyan.
+"""Property tests for the ByzFL rules (mda, monna, meamed, caf), Bulyan, the
+pre-aggregators (nnm, bucketing, clipping, arc) and their compositions.
 
 Each rule is compared with a direct float64 numpy reference; permuting the
 accepted rows, filling rejected rows with NaN/Inf, or changing which mask a
@@ -9,7 +10,9 @@ bound check can fail. Shapes come from a short list so that compiles stay few.
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import re
 
 import jax
 import numpy as np
@@ -18,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pot_jax.learning import aggregation as agg
+from pot_jax.registry import ComponentSpec
 
 # (W, P) pairs the property tests draw from: each new shape is a new compile.
 SHAPES = ((7, 3), (9, 8), (12, 5))
@@ -31,8 +35,17 @@ RULES = {
     "meamed": agg.meamed(f=2),
     "caf": agg.caf(f=2),
     "bulyan": agg.bulyan(f=1),
+    "nnm+krum": agg.make_rule("nnm+krum", f=1),
+    "nnm+coordinate_median": agg.make_rule("nnm+coordinate_median", f=2),
+    "clipping+mean": agg.make_rule("clipping+mean", c=1e5),
+    "arc+coordinate_median": agg.make_rule("arc+coordinate_median", f=2),
+    "bucketing+coordinate_median": agg.make_rule("bucketing+coordinate_median", s=2, seed=3),
 }
-DETERMINISTIC_SYMMETRIC = sorted(set(RULES) - {"monna_idx"})
+# monna(idx=0) trusts worker 0 and bucketing shuffles worker slots: both depend
+# on worker numbering by design. NNM often outputs equal rows (rows with the
+# same neighbours), whose Krum scores tie, and Krum's ties go to the lowest index.
+NUMBERED = {"monna_idx", "bucketing+coordinate_median", "nnm+krum"}
+DETERMINISTIC_SYMMETRIC = sorted(set(RULES) - NUMBERED)
 
 
 # --------------------------------------------------------------------------- #
@@ -45,7 +58,7 @@ def np_meamed(x, f):
     k = len(x) - f
     out = []
     for j in range(x.shape[1]):
-        nearest = np.argsort(np.abs(x[:, j] - med[j]), kind="stable")[:k]
+        nearest = np.lexsort((x[:, j], np.abs(x[:, j] - med[j])))[:k]  # ties: smaller value
         out.append(x[nearest, j].mean())
     return np.array(out)
 
@@ -101,6 +114,21 @@ def np_bulyan(x, f):
     return np_meamed(x[selected], 2 * f)
 
 
+def np_nnm(x, f):
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    return np.stack(
+        [x[np.argsort(d[i], kind="stable")[: len(x) - f]].mean(0) for i in range(len(x))]
+    )
+
+
+def np_arc(x, f):
+    n = len(x)
+    k = 2 * f * (n - f) // n
+    norms = np.linalg.norm(x, axis=1)
+    threshold = np.sort(norms)[::-1][k]
+    return x * np.minimum(1, threshold / np.maximum(norms, 1e-300))[:, None]
+
+
 def reference(name, x):
     if name == "mda":
         return np_mda(x, 2)
@@ -112,7 +140,18 @@ def reference(name, x):
         return np_meamed(x, 2)
     if name == "caf":
         return np_caf(x, 2)
-    return np_bulyan(x, 1)
+    if name == "bulyan":
+        return np_bulyan(x, 1)
+    if name == "nnm+coordinate_median":
+        return np.median(np_nnm(x, 2), axis=0)
+    if name == "arc+coordinate_median":
+        return np.median(np_arc(x, 2), axis=0)
+    assert name == "clipping+mean", name  # with c far above the test norms
+    return x.mean(0)
+
+
+# Krum's selection and the random buckets are checked in their own tests.
+REFERENCED = sorted(set(RULES) - {"nnm+krum", "bucketing+coordinate_median"})
 
 
 # --------------------------------------------------------------------------- #
@@ -151,7 +190,7 @@ def close(actual, expected, scale, rtol=1e-4):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", REFERENCED)
 @FEW
 @given(data=st.data())
 def test_rule_matches_its_paper_definition(name, data):
@@ -159,6 +198,14 @@ def test_rule_matches_its_paper_definition(name, data):
     rule = RULES[name]
     grads, mask, x = data.draw(cases(rule.min_accepted, keep_first=name == "monna_idx"))
     close(rule.aggregate(grads, mask), reference(name, x), spread(x), rtol=2e-4)
+
+
+def test_meamed_takes_the_values_closest_to_the_median():
+    """Repeated values do not fool the window: [0, 0, 1, 1.1, 5] with f = 2 keeps 1, 1.1, 0."""
+    column = np.array([[0.0], [5.0], [1.1], [0.0], [1.0], [np.nan]], np.float32)
+    mask = np.arange(6) < 5
+    close(agg.meamed(f=2).aggregate(column, mask), np.array([0.7]), 1.0, rtol=1e-6)
+    close(agg.meamed(f=1).aggregate(column, mask), np.array([0.525]), 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -223,6 +270,8 @@ BREAKDOWN = {  # rule with f = 2 at n = 11: f rows are held, f + 1 rows win
 HELD_ONLY = {  # f rows are held; beyond f the theory gives no sharp break
     "caf": agg.caf(f=2),
     "bulyan": agg.bulyan(f=2),
+    "nnm+krum": agg.make_rule("nnm+krum", f=2),
+    "arc+trimmed_mean": agg.make_rule("arc+trimmed_mean", f=2, trim=2),
 }
 
 
@@ -306,3 +355,121 @@ def test_monna_index_must_name_a_worker():
         agg.monna(f=1, idx=9).aggregate(grads, np.ones(7, dtype=bool))
     mask = np.arange(7) != 0
     assert np.all(np.isnan(np.asarray(agg.monna(f=1, idx=0).aggregate(grads, mask))))
+
+
+# --------------------------------------------------------------------------- #
+# pre-aggregators and composition
+# --------------------------------------------------------------------------- #
+
+
+def accepted_out(pre, grads, mask):
+    out, out_mask = (np.asarray(a) for a in pre.transform(grads, mask))
+    assert np.all(out[~out_mask] == 0), "rows outside the output mask must be 0"
+    return out[out_mask].astype(np.float64), out_mask
+
+
+@FEW
+@given(data=st.data(), f=st.integers(0, 2))
+def test_nnm_averages_each_rows_nearest_neighbours(data, f):
+    """nnm replaces each accepted row by the mean of its n - f nearest accepted rows."""
+    grads, mask, x = data.draw(cases(2 * f + 1))
+    out, out_mask = accepted_out(agg.nnm(f=f), grads, mask)
+    np.testing.assert_array_equal(out_mask, mask)
+    close(out, np_nnm(x, f), spread(x), rtol=1e-4)
+
+
+@FEW
+@given(data=st.data(), f=st.integers(0, 2))
+def test_arc_clips_the_k_largest_norms_to_the_next_one(data, f):
+    """arc clips every row to the (k+1)-th largest norm, k = floor(2 (f/n) (n - f))."""
+    grads, mask, x = data.draw(cases(2 * f + 1))
+    out, _ = accepted_out(agg.arc(f=f), grads, mask)
+    close(out, np_arc(x, f), spread(x), rtol=1e-5)
+    k = 2 * f * (len(x) - f) // len(x)
+    norms = np.sort(np.linalg.norm(out, axis=1))[::-1]
+    np.testing.assert_allclose(norms[: k + 1], norms[k], rtol=1e-5)
+
+
+@FEW
+@given(data=st.data(), c=st.sampled_from([1e-3, 0.5, 3.0, 1e4]))
+def test_clipping_bounds_norms_and_keeps_directions(data, c):
+    """clipping scales rows above norm c down to c and leaves the others as they are."""
+    grads, mask, x = data.draw(cases(1))
+    out, _ = accepted_out(agg.clipping(c=c), grads, mask)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    close(out, x * np.minimum(1, c / norms), spread(x), rtol=1e-5)
+
+
+@FEW
+@given(data=st.data(), s=st.integers(1, 4), seed=st.integers(0, 3))
+def test_bucketing_partitions_the_accepted_rows(data, s, seed):
+    """ceil(n / s) bucket means, full buckets first, whose size-weighted sum is the total."""
+    grads, mask, x = data.draw(cases(1))
+    out, _ = accepted_out(agg.bucketing(s=s, seed=seed), grads, mask)
+    n = len(x)
+    sizes = [min(s, n - b * s) for b in range(-(-n // s))]
+    assert len(out) == len(sizes)
+    close((np.array(sizes)[:, None] * out).sum(0), x.sum(0), spread(x) * n, rtol=1e-5)
+    if s == 1:  # a permutation of the accepted rows
+        np.testing.assert_array_equal(np.sort(out, axis=0), np.sort(x, axis=0))
+
+
+def test_bucketing_with_a_divisor_keeps_the_mean():
+    """When s divides n, bucketing+mean is the mean, whatever the seed."""
+    grads = np.random.default_rng(4).standard_normal((9, 5)).astype(np.float32)
+    mask = np.arange(9) != 4
+    for seed in (0, 1):
+        rule = agg.make_rule("bucketing+mean", s=4, seed=seed)
+        close(rule.aggregate(grads, mask), grads[mask].mean(0), 1.0, rtol=1e-5)
+
+
+def test_compositions_by_name_route_parameters():
+    """make_rule("pre+rule") gives each part the parameters it takes."""
+    rule = agg.make_rule("nnm+krum", f=3)
+    assert (rule.name, rule.label, rule.min_accepted, rule.requirement) == (
+        "nnm+krum",
+        "nnm+krum(f=3)",
+        9,
+        "2f+3",
+    )
+    chained = agg.make_rule("clipping+nnm+krum", c=2.0, f=1)
+    assert chained.label == "clipping+nnm+krum(c=2.0, f=1)"
+    bucketed = agg.make_rule("bucketing+krum", s=2, f=1)
+    assert (bucketed.min_accepted, bucketed.max_byzantine(9)) == (9, 1)
+    mixed = agg.compose(agg.nnm(f=2), agg.krum(f=1))
+    assert mixed.label == "nnm+krum(nnm.f=2, krum.f=1)"
+    assert (mixed.min_accepted, mixed.max_byzantine(5)) == (5, 1)
+
+
+@pytest.mark.parametrize(
+    "name,params,message",
+    [
+        ("nnm+krum", {"f": 1, "g": 2}, "nnm+krum has no parameter 'g'; nnm takes f; krum takes f"),
+        ("bucketing+krum", {"f": 1}, "bucketing+krum needs parameter 's' (for bucketing)"),
+        ("krum+nnm", {"f": 1}, "'krum' is not a pre-aggregator"),
+        ("nnm+median", {"f": 1}, "'median' is not an aggregation rule"),
+        ("nnm", {"f": 1}, "nnm is a pre-aggregator, not a rule; compose it with one"),
+        ("arc+mean", {"f": -1}, "arc: f must be an integer >= 0, got -1"),
+    ],
+)
+def test_bad_compositions_raise(name, params, message):
+    """A parameter no part takes, a missing one, or parts in the wrong role raise ValueError."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        agg.make_rule(name, **params)
+
+
+def test_composed_specs_build_through_the_registry():
+    """nnm+krum:f=3 works wherever a rule spec does: RULES.build, RULES.check, the config."""
+    from pot_jax.config import ProtocolConfig
+
+    assert agg.RULES.build("nnm+krum:f=3", flag="--aggregation").label == "nnm+krum(f=3)"
+    text = "clipping+nnm+krum: c=2, f=1"
+    assert agg.RULES.check(text, flag="--aggregation") == "clipping+nnm+krum:c=2,f=1"
+    assert ProtocolConfig(aggregation="nnm+krum:f=1").aggregation == "nnm+krum:f=1"
+    assert agg.RULES.build("krum:f=1", flag="--aggregation").label == "krum(f=1)"
+    with pytest.raises(ValueError, match=r"--aggregation nnm\+krum:f=1,g=2: .* no parameter 'g'"):
+        agg.RULES.build("nnm+krum:f=1,g=2", flag="--aggregation")
+    with pytest.raises(ValueError, match="a composition is PRE\\+RULE of registered names"):
+        agg.RULES.check("nnm+pkg.mod:fn", flag="--aggregation")
+    factory = agg.RULES.factory(ComponentSpec("nnm+krum"), flag="--aggregation")
+    assert list(inspect.signature(factory).parameters) == ["f"]
