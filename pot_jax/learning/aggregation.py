@@ -1286,7 +1286,7 @@ def bucketing(*, s: int, seed: int = 0) -> PreAggregator:
 def _clipping(grads_WxP: jax.Array, mask_W: jax.Array, c: float) -> tuple[jax.Array, jax.Array]:
     _check_inputs(grads_WxP, mask_W)
     norm_W = _row_norms(grads_WxP, mask_W)
-    scale_W = jnp.minimum(1, c / jnp.maximum(norm_W, jnp.finfo(norm_W.dtype).tiny))
+    scale_W = jnp.where(norm_W > c, c / jnp.where(norm_W > c, norm_W, 1), 1)
     return _scale_rows(grads_WxP, mask_W, scale_W), mask_W
 
 
@@ -1316,7 +1316,8 @@ def _arc(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int) -> tuple[jax.Array,
     k = jnp.maximum(2 * f * (count - f), 0) // jnp.maximum(count, 1)
     descending_W = -jnp.sort(jnp.where(mask_W, -norm_W, jnp.inf))
     threshold = lax.dynamic_index_in_dim(descending_W, k, keepdims=False)
-    scale_W = jnp.minimum(1, threshold / jnp.maximum(norm_W, jnp.finfo(norm_W.dtype).tiny))
+    # Rows at or below the threshold keep scale 1 exactly (also when norms underflow to 0).
+    scale_W = jnp.where(norm_W > threshold, threshold / jnp.where(norm_W > threshold, norm_W, 1), 1)
     out_mask_W = mask_W & (count >= 2 * f + 1)
     return _scale_rows(grads_WxP, out_mask_W, scale_W), out_mask_W
 

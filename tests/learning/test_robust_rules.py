@@ -26,7 +26,7 @@ from pot_jax.registry import ComponentSpec
 # (W, P) pairs the property tests draw from: each new shape is a new compile.
 SHAPES = ((7, 3), (9, 8), (12, 5))
 GARBAGE = (np.nan, np.inf, -np.inf, 1e30, -3e38)
-FEW = settings(max_examples=15)
+FEW = settings(max_examples=10)
 
 RULES = {
     "mda": agg.mda(f=2),
@@ -198,6 +198,27 @@ def test_rule_matches_its_paper_definition(name, data):
     rule = RULES[name]
     grads, mask, x = data.draw(cases(rule.min_accepted, keep_first=name == "monna_idx"))
     close(rule.aggregate(grads, mask), reference(name, x), spread(x), rtol=2e-4)
+
+
+F_ZERO = {  # with f = 0 each of these is the plain mean
+    "mda": agg.mda(f=0),
+    "monna": agg.monna(f=0),
+    "meamed": agg.meamed(f=0),
+    "caf": agg.caf(f=0),
+    "bulyan": agg.bulyan(f=0),
+    "nnm+mean": agg.make_rule("nnm+mean", f=0),
+    "arc+mean": agg.make_rule("arc+mean", f=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(F_ZERO))
+@FEW
+@given(data=st.data())
+def test_with_no_byzantine_input_the_rule_is_the_mean(name, data):
+    """f = 0 leaves nothing to drop, filter or clip: the output is the mean."""
+    rule = F_ZERO[name]
+    grads, mask, x = data.draw(cases(max(rule.min_accepted, 1)))
+    close(rule.aggregate(grads, mask), x.mean(0), spread(x), rtol=1e-4)
 
 
 def test_meamed_takes_the_values_closest_to_the_median():
@@ -401,7 +422,7 @@ def test_clipping_bounds_norms_and_keeps_directions(data, c):
 
 
 @FEW
-@given(data=st.data(), s=st.integers(1, 4), seed=st.integers(0, 3))
+@given(data=st.data(), s=st.sampled_from([1, 3]), seed=st.sampled_from([0, 7]))
 def test_bucketing_partitions_the_accepted_rows(data, s, seed):
     """ceil(n / s) bucket means, full buckets first, whose size-weighted sum is the total."""
     grads, mask, x = data.draw(cases(1))
