@@ -941,9 +941,10 @@ def _monna(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int, idx: int | None) 
 
 
 def monna(*, f: int, idx: int | None = None) -> AggregationRule:
-    """MoNNA (Farhadkhani et al., 2023, "Robust collaborative learning with linear
-    gradient overhead"; also in Allouah et al., 2023): the mean of the ``n - f``
-    accepted gradients nearest to a reference gradient.
+    """MoNNA (Farhadkhani, Guerraoui, Gupta, Hoang, Pinot and Stephan, ICML 2023,
+    "Robust collaborative learning with linear gradient overhead", the reference
+    ByzFL gives): the mean of the ``n - f`` accepted gradients nearest to a
+    reference gradient.
 
     The paper's reference is a gradient the aggregator trusts, its own honest
     one (a peer-to-peer node). A pot-jax aggregator computes no gradient, so by
