@@ -303,8 +303,9 @@ class ProtocolConfig(_LearningConfig):
 
     rounds: int = _help("training rounds, one committed record each", 1500)
     aggregation: str = _help(
-        "aggregation rule of the accepted gradients, NAME[:key=value,...] or "
-        "package.module:factory (e.g. krum:f=3; mean is the paper's)",
+        "aggregation rule of the accepted gradients, [PRE+]RULE[:key=value,...] or "
+        "package.module:factory (e.g. krum:f=3, nnm+krum:f=3 with a pre-aggregator nnm, "
+        "bucketing, clipping or arc; mean is the paper's)",
         "mean",
         registry="aggregation",
     )
