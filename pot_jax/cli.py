@@ -387,7 +387,8 @@ def _flag_words(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; figure names (which import matplotlib) only when ``figures`` is asked for."""
     parser = argparse.ArgumentParser(
         prog="pot-jax",
         description="Proof of Training in JAX: verifiable data-parallel training.",
@@ -500,10 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print one JSON object on one line")
     sim.set_defaults(func=_cmd_simulate)
 
-    try:
-        figure_names = ", ".join(_experiments().FIGURES)
-    except ValueError:  # installed without the repository's experiments/
-        figure_names = "see experiments/ in the repository"
+    figure_names = "see pot-jax figures --help"
+    if argv is None or "figures" in argv:
+        try:
+            figure_names = ", ".join(_experiments().FIGURES)
+        except ValueError:  # installed without the repository's experiments/
+            figure_names = "see experiments/ in the repository"
     fig = sub.add_parser("figures", help="regenerate the paper figures from their experiments")
     fig.add_argument(
         "--only", default="", help=f"comma-separated figure names (default: all): {figure_names}"
@@ -581,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
