@@ -88,6 +88,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         genesis=args.genesis,
         validators=args.validators,
         data_dir=args.data_dir,
+        allow_plugins=args.allow_plugins,
     )
     print(report)
     return report.exit_code
@@ -465,6 +466,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     au.add_argument(
         "--data-dir", default=None, help="where the run's dataset files are now, if they moved"
+    )
+    au.add_argument(
+        "--allow-plugins",
+        action="store_true",
+        help="let the audit import and run plugin code (package.module:factory) the run names",
     )
     au.set_defaults(func=_cmd_audit)
 

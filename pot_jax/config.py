@@ -26,6 +26,15 @@ MAX_VALIDATORS = 1 << 16
 # not what is trained: the signed genesis leaves them out, so the same run made in
 # another directory, with the data or the keys elsewhere, has the same genesis.
 LOCAL_FIELDS = ("run_dir", "progress", "data_dir", "keys")
+# Fields holding a component spec, which may name code by import path (pot_jax.registry).
+COMPONENT_FIELDS = (
+    "dataset",
+    "model",
+    "aggregation",
+    "attack",
+    "verification",
+    "validator_strategy",
+)
 
 
 class ConfigError(ValueError):
@@ -429,15 +438,13 @@ class ProtocolConfig(_LearningConfig):
 
     def _check_ignored_flags(self) -> None:
         """A run-level flag the chosen scheme does not read is an error, not a silent no-op."""
-        from pot_jax.registry import _parameters, parse_spec
-
-        spec = parse_spec(self.verification)
-        factory = registry("verification").factory(spec, flag="--verification")
-        takes = _parameters(factory)
+        schemes = registry("verification")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in ("budget", "mode", "tolerance_threshold"):
             reads = "threshold" if name == "tolerance_threshold" else name
-            if takes is not None and reads not in takes and getattr(self, name) != defaults[name]:
+            if getattr(self, name) != defaults[name] and not schemes.accepts(
+                self.verification, reads, flag="--verification"
+            ):
                 raise ConfigError(
                     f"{name} = {getattr(self, name)!r}: --verification {self.verification} "
                     f"does not use --{name.replace('_', '-')}; drop it"

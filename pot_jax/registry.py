@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ComponentSpec", "Registry", "parse_spec"]
+__all__ = ["ComponentSpec", "Registry", "import_paths", "parse_spec"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,24 @@ def parse_spec(text: str, *, flag: str = "component") -> ComponentSpec:
     return ComponentSpec(name, tuple(params))
 
 
+def import_paths(text: str) -> list[str]:
+    """The ``package.module:factory`` names in a spec (``+``-joined parts included).
+
+    Building such a component imports that module and calls that factory with
+    the spec's parameters, so whoever wrote the spec chooses the code that runs:
+    an auditor checks this list before building anything from an untrusted run.
+    """
+    out = []
+    for part in str(text).split("+"):
+        try:
+            spec = parse_spec(part)
+        except ValueError:
+            continue  # not buildable at all; the config check says why
+        if spec.is_import_path:
+            out.append(spec.name)
+    return out
+
+
 class Registry:
     """The components of one kind: registered names, or factories by import path."""
 
@@ -135,6 +153,11 @@ class Registry:
                 f"{flag} {spec.name!r}: unknown {self.kind}; expected one of "
                 f"{', '.join(self._factories)} or an import path package.module:factory"
             ) from None
+
+    def accepts(self, text: str, keyword: str, *, flag: str) -> bool:
+        """Whether the factory ``text`` names takes ``keyword`` (one taking ``**kwargs`` does)."""
+        accepted = _parameters(self.factory(parse_spec(text, flag=flag), flag=flag))
+        return accepted is None or keyword in accepted
 
     def check(self, text: str, *, flag: str, extra: Mapping[str, Any] | None = None) -> str:
         """Validate ``text`` without building; return its canonical spec text."""

@@ -74,6 +74,23 @@ class JsonLines:
         self.close()
 
 
+class RunDirectoryError(ValueError):
+    """The run directory already holds a run; nothing was written."""
+
+
+def refuse_existing_run(run_dir: Path, files) -> None:
+    """Raise before writing anything if ``run_dir`` holds any of a run's ``files``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"--run-dir {run_dir} exists and is not a directory")
+    held = [name for name in files if (run_dir / name).exists()]
+    if held:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({', '.join(held)}); nothing was changed. "
+            "Choose another --run-dir, or move that run away first"
+        )
+
+
 def show_progress(config) -> bool:
     """The progress bar shows only when asked for and stderr is a terminal."""
     return bool(config.progress) and sys.stderr.isatty()

@@ -10,7 +10,7 @@ import pytest
 
 from pot_jax.cli import main
 from pot_jax.config import ConfigError, ProtocolConfig
-from pot_jax.protocol.audit import audit
+from pot_jax.protocol.audit import AuditUsageError, audit
 from pot_jax.protocol.transcript import RecordKind, TranscriptReader
 from pot_jax.registry import parse_spec
 
@@ -109,7 +109,9 @@ def test_plugins_by_import_path_run_and_the_audit_rebuilds_them(plugins, tmp_pat
     assert genesis["verification"] == "every_gradient(mode=bitwise, tag=t1)"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["cheaters_caught"] == summary["byzantine_workers"]  # every gradient checked
-    report = audit(run, recompute="all")
+    with pytest.raises(AuditUsageError, match="--allow-plugins"):
+        audit(run)  # the auditor must choose to run the run's code
+    report = audit(run, recompute="all", allow_plugins=True)
     assert report.ok, str(report)
     assert report.reexecuted == 4
 
@@ -151,5 +153,5 @@ def test_model_and_dataset_plugins_by_import_path_pass_a_full_audit(plugins, tmp
     assert main(["train", *TINY, *flags, "--byzantine-fraction", "0", "--run-dir", str(run)]) == 0
     genesis = json.loads((run / "config.json").read_text())["genesis"]
     assert genesis["config"]["model"] == "pot_plugins:wide_mlp:factor=3"
-    report = audit(run, recompute="all")
+    report = audit(run, recompute="all", allow_plugins=True)
     assert report.ok and report.reexecuted == 4, str(report)

@@ -29,7 +29,7 @@ from pot_jax.learning.encoding import flat_digests
 from pot_jax.learning.models import make_model
 from pot_jax.learning.steps import Learner, make_learner, make_optimizer
 from pot_jax.registry import parse_spec
-from pot_jax.runinfo import JsonLines, run_metadata, write_json
+from pot_jax.runinfo import JsonLines, refuse_existing_run, run_metadata, write_json
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,7 @@ def train(config: TrainConfig) -> TrainSummary:
     """Run both trainings, write config, metrics and summary to ``config.run_dir``."""
     start = time.perf_counter()
     run_dir = Path(config.run_dir)
-    held = [n for n in ("config.json", "metrics.jsonl", "summary.json") if (run_dir / n).exists()]
-    if held:
-        raise FileExistsError(
-            f"{run_dir} already holds a run ({', '.join(held)}); nothing was changed. "
-            "Choose another --run-dir, or move that run away first"
-        )
+    refuse_existing_run(run_dir, ("config.json", "metrics.jsonl", "summary.json"))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"config": config.to_dict(), **run_metadata()})
 

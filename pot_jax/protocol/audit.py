@@ -73,7 +73,7 @@ from pathlib import Path
 
 import jax
 
-from pot_jax.config import LOCAL_FIELDS, ConfigError, ProtocolConfig
+from pot_jax.config import COMPONENT_FIELDS, LOCAL_FIELDS, ConfigError, ProtocolConfig
 from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, verify_qc, vote_message
 from pot_jax.crypto.worker_signatures import worker_message, worker_signature_scheme
@@ -111,6 +111,7 @@ from pot_jax.protocol.runner import (
     make_verification,
 )
 from pot_jax.protocol.transcript import RecordKind, TranscriptError, TranscriptReader
+from pot_jax.registry import import_paths
 from pot_jax.verification import RoundContext, Submission
 from pot_jax.verification.fraud_proof import FraudProof, check_fraud_proof
 
@@ -275,6 +276,7 @@ def _read_json_file(path: Path, what: str):
 class _Round:
     number: int
     record_bytes: bytes
+    record: RoundRecord
     qc: bytes
     input_checkpoint: bytes | None
     fraud: list[bytes]
@@ -330,8 +332,10 @@ class Auditor:
         genesis: str | None = None,
         validators: tuple[str, ...] | None = None,
         data_dir: str | None = None,
+        allow_plugins: bool = False,
     ):
         self.run_dir = Path(run_dir)
+        self.allow_plugins = allow_plugins
         self.recompute = recompute
         self.seed = seed
         self.pin_genesis = genesis.lower() if genesis else None
@@ -442,6 +446,17 @@ class Auditor:
     def _config(self, genesis: dict) -> ProtocolConfig:
         try:
             raw = dict(genesis["config"])
+            plugins = sorted({p for f in COMPONENT_FIELDS for p in import_paths(raw.get(f, ""))})
+        except (KeyError, TypeError, ValueError) as err:
+            raise AuditFailure(None, f"the signed config is invalid: {err}") from None
+        if plugins and not self.allow_plugins:
+            # Rebuilding them would import and call code that whoever wrote the
+            # transcript chose (an unpinned genesis can name os:system).
+            raise AuditUsageError(
+                f"the run names plugin code {plugins}; the audit would import and run it. "
+                "If you trust that code, audit with --allow-plugins"
+            )
+        try:
             unsigned = sorted(set(raw) & set(LOCAL_FIELDS))
             if unsigned:
                 raise AuditFailure(None, f"the genesis signs local fields {unsigned}")
@@ -626,11 +641,10 @@ class Auditor:
                     "not the final one",
                 )
             checkpoint = reader.checkpoint(rec)
-        return _Round(r, round_rec.payload, qc, input_ckpt, fraud, ledger, checkpoint)
+        return _Round(r, round_rec.payload, record, qc, input_ckpt, fraud, ledger, checkpoint)
 
     def _check_round(self, rnd, config, env, ledger, prev_hash, prev_signers, report):
-        r = rnd.number
-        record = RoundRecord.decode(rnd.record_bytes)
+        r, record = rnd.number, rnd.record
         if (record.round, record.chain_id, record.genesis) != (r, self.chain_id, self.genesis_hash):
             raise AuditFailure(
                 r,
@@ -976,11 +990,13 @@ def audit(
     genesis: str | None = None,
     validators: str | None = None,
     data_dir: str | None = None,
+    allow_plugins: bool = False,
 ) -> AuditReport:
     """Audit ``run_dir``; see the module docstring for what is checked.
 
     Raises ``AuditUsageError`` when the audit cannot start (no such directory,
-    a malformed pin or ``--recompute``); otherwise returns the report.
+    a malformed pin or ``--recompute``, plugin code named by the run without
+    ``allow_plugins``); otherwise returns the report.
     """
     pins = load_validator_pin(validators) if validators else None
     if genesis is not None:
@@ -996,4 +1012,5 @@ def audit(
         genesis=genesis,
         validators=pins,
         data_dir=data_dir,
+        allow_plugins=allow_plugins,
     ).run()

@@ -87,7 +87,14 @@ from pot_jax.protocol.transcript import (
     TranscriptWriter,
     encode_checkpoint_ref,
 )
-from pot_jax.runinfo import JsonLines, TensorBoard, run_metadata, show_progress, write_json
+from pot_jax.runinfo import (
+    JsonLines,
+    TensorBoard,
+    refuse_existing_run,
+    run_metadata,
+    show_progress,
+    write_json,
+)
 from pot_jax.verification import (
     RoundContext,
     Submission,
@@ -111,10 +118,6 @@ UNITS = {
         "(ground truth the simulation knows; an audit with --recompute finds them)"
     ),
 }
-
-
-class RunDirectoryError(ValueError):
-    """The run directory already holds a run; nothing was written."""
 
 
 class NoQuorum(RuntimeError):
@@ -788,18 +791,6 @@ class ProtocolRun:
             },
         }
 
-    def _refuse_existing_run(self) -> None:
-        if not self.run_dir.exists():
-            return
-        if not self.run_dir.is_dir():
-            raise RunDirectoryError(f"--run-dir {self.run_dir} exists and is not a directory")
-        held = [name for name in RUN_FILES if (self.run_dir / name).exists()]
-        if held:
-            raise RunDirectoryError(
-                f"{self.run_dir} already holds a run ({', '.join(held)}); nothing was changed. "
-                "Choose another --run-dir, or move that run away first"
-            )
-
     def run(self, *, resume: bool = False) -> ProtocolSummary:
         """Run every round; with ``resume``, continue the interrupted run in ``run_dir``.
 
@@ -815,7 +806,7 @@ class ProtocolRun:
         if resume:
             writer, done_rows = self._reopen()
         else:
-            self._refuse_existing_run()
+            refuse_existing_run(self.run_dir, RUN_FILES)
             header = self.header()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             writer, done_rows = TranscriptWriter(self.run_dir / TRANSCRIPT_NAME), 0
@@ -863,23 +854,21 @@ class ProtocolRun:
             raise ResumeError(f"--resume {self.run_dir}: no {TRANSCRIPT_NAME} to resume")
         if (self.run_dir / "summary.json").exists():
             raise ResumeError(f"--resume {self.run_dir}: the run is finished (summary.json)")
-        writer = TranscriptWriter.open(path)
-        try:
-            records = list(TranscriptReader(path))
-            if not records or records[0].kind != RecordKind.HEADER:
-                raise ResumeError(f"{path} has no header record; start a new run")
-            header = json.loads(records[0].payload)
-            if header.get("genesis_digest") != self.genesis_hash.hex():
-                raise ResumeError(
-                    f"{self.run_dir}: this config and these keys make genesis "
-                    f"{self.genesis_hash.hex()}, the run was made with "
-                    f"{header.get('genesis_digest')}; resume with the run's own keys (--keys)"
-                )
-            if any(rec.kind == RecordKind.CLOSING for rec in records):
-                raise ResumeError(f"--resume {self.run_dir}: the run is finished (closing record)")
-        except BaseException:
-            writer.close()
-            raise
+        # Check before writing: TranscriptWriter.open truncates a torn tail, and
+        # _kept_metric_rows rewrites metrics.jsonl; neither may touch another run.
+        records = list(TranscriptReader(path))
+        if not records or records[0].kind != RecordKind.HEADER:
+            raise ResumeError(f"{path} has no header record; start a new run")
+        header = json.loads(records[0].payload)
+        if header.get("genesis_digest") != self.genesis_hash.hex():
+            raise ResumeError(
+                f"{self.run_dir}: this config and these keys make genesis "
+                f"{self.genesis_hash.hex()}, the run was made with "
+                f"{header.get('genesis_digest')}; resume with the run's own keys (--keys)"
+            )
+        if any(rec.kind == RecordKind.CLOSING for rec in records):
+            raise ResumeError(f"--resume {self.run_dir}: the run is finished (closing record)")
+        writer = TranscriptWriter.open(path)  # the records read above; a torn tail goes
         rows = _kept_metric_rows(self.run_dir / "metrics.jsonl", committed=_rounds_in(records))
         return _ReplayWriter(writer, records[1:]), rows
 

@@ -44,13 +44,13 @@ from pot_jax.protocol.ledger import (
 from pot_jax.protocol.records import RoundRecord
 from pot_jax.protocol.runner import (
     TRANSCRIPT_NAME,
-    RunDirectoryError,
     decode_fraud_record,
     decode_qc_record,
     encode_qc_record,
     run_protocol,
 )
 from pot_jax.protocol.transcript import RecordKind, TranscriptReader, TranscriptWriter
+from pot_jax.runinfo import RunDirectoryError
 
 
 @pytest.fixture(scope="module")
@@ -709,3 +709,32 @@ def test_a_sampled_audit_of_a_short_run_re_executes_at_least_one_interval(tmp_pa
     for seed in range(5):
         report = audit(tmp_path, recompute="sample:0.01", seed=seed)
         assert report.ok and report.reexecuted == 3
+
+
+def test_a_forged_genesis_naming_os_system_runs_nothing_in_the_audit(run, tmp_path):
+    """An unpinned genesis can name any importable callable; the audit must not call it."""
+    from pot_jax.protocol.audit import AuditUsageError
+
+    _, run_dir = run
+    marker = tmp_path / "pwned"
+    forged = reforge(
+        run_dir,
+        tmp_path / "forged",
+        generate_keys(4, 8),
+        genesis_edit=lambda g: g["config"].update(attack=f"os:system:command=touch {marker}"),
+    )
+    with pytest.raises(AuditUsageError, match="plugin code \\['os:system'\\]"):
+        audit(forged, recompute="all")
+    assert not marker.exists()
+
+
+def test_a_closing_record_kept_on_a_truncated_transcript_fails(run, tmp_path):
+    """Cutting rounds but keeping the signed closing record: its round count gives it away."""
+    _, run_dir = run
+
+    def edit(rs):
+        cut = _index(rs, RecordKind.LEDGER, 5)
+        return [*_kinds(rs[: cut + 1]), (RecordKind.CLOSING, rs[-1].payload)]
+
+    report = audit(_copy_with(run_dir, tmp_path / "run", edit))
+    assert report.status is Status.FAILED and "closing record disagrees" in report.reason

@@ -129,5 +129,11 @@ def test_resume_refuses_what_it_cannot_continue(reference, tmp_path):
     config = ProtocolConfig(**{**SETTING, "rounds": 2}, keys=str(keys), run_dir=str(tmp_path / "f"))
     run_protocol(config)
     (tmp_path / "f" / "summary.json").unlink()
+    log = tmp_path / "f" / TRANSCRIPT_NAME
+    with open(log, "ab") as f:
+        f.write(b"\x00" * 7)  # a torn tail, which a resume would truncate
+    before = {p: p.read_bytes() for p in (tmp_path / "f").rglob("*") if p.is_file()}
     with pytest.raises(ResumeError, match="resume with the run's own keys"):
         resume_protocol(tmp_path / "f", keys=str(other))
+    after = {p: p.read_bytes() for p in (tmp_path / "f").rglob("*") if p.is_file()}
+    assert after == before  # refused before anything was written
