@@ -1,12 +1,37 @@
-"""Byzantine behaviours: what cheating workers send (``pot_jax.attacks.workers``).
+"""Byzantine behaviours: what cheating workers send.
+
+``pot_jax.attacks.workers`` holds the ``Attack`` record, the registry and the
+basic attacks; ``pot_jax.attacks.robust`` the attacks on robust aggregation
+(ByzFL's set, min-max/min-sum, Fang et al.) and the tolerance-mode ``drift``,
+registered on import.
 
 Depends on ``pot_jax.learning`` only.
 """
 
+from pot_jax.attacks.robust import (
+    ROBUST_ATTACK_NAMES,
+    SHEJWALKAR_DIRECTIONS,
+    aggregate_deviation,
+    drift,
+    fall_of_empires,
+    fang_krum,
+    fang_krum_lambda,
+    fang_trimmed_mean,
+    inf,
+    mimic,
+    mimic_target,
+    min_max,
+    min_sum,
+    optimal_alie,
+    optimal_ipm,
+    scale_grid,
+    shejwalkar_gamma,
+)
 from pot_jax.attacks.workers import (
     ATTACK_NAMES,
     ATTACKS,
     GARBAGE_KINDS,
+    KNOWLEDGE,
     WRONG_SHAPE_KINDS,
     Attack,
     AttackContext,
@@ -32,27 +57,45 @@ from pot_jax.attacks.workers import (
 
 __all__ = [
     "ATTACK_NAMES",
+    "ATTACKS",
     "GARBAGE_KINDS",
+    "KNOWLEDGE",
+    "ROBUST_ATTACK_NAMES",
+    "SHEJWALKAR_DIRECTIONS",
     "WRONG_SHAPE_KINDS",
     "Attack",
     "AttackContext",
+    "aggregate_deviation",
     "alie",
     "alie_z",
     "cheat_sometimes",
     "choose_byzantine",
     "commitment_of",
+    "drift",
+    "fall_of_empires",
+    "fang_krum",
+    "fang_krum_lambda",
+    "fang_trimmed_mean",
     "free_rider",
     "garbage",
     "gaussian",
     "honest",
+    "inf",
     "ipm",
     "label_flip",
     "lazy",
     "make_attack",
-    "ATTACKS",
-    "register_attack",
+    "mimic",
+    "mimic_target",
+    "min_max",
+    "min_sum",
     "nan_inf",
+    "optimal_alie",
+    "optimal_ipm",
+    "register_attack",
+    "scale_grid",
     "scaled",
+    "shejwalkar_gamma",
     "sign_flip",
     "wrong_shape",
 ]

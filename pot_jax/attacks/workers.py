@@ -4,9 +4,28 @@ An attack is a factory returning an :class:`Attack`, a small record with a
 pure-ish ``apply(ctx, worker, rng) -> sent``: given the round
 (:class:`AttackContext`), the Byzantine worker's index and a seeded
 ``numpy.random.Generator``, it returns the object the worker sends as its
-gradient (deterministic in the generator's state). The attacker is
-omniscient, as is standard for ALIE and IPM: it sees every honest gradient of
-the round (``ctx.grads_WxP``).
+gradient (deterministic in the generator's state).
+
+What an attacker may know is ``Attack.knowledge`` (issue 13: a Byzantine
+worker computes its attack from what it can know; one that needs the honest
+workers' gradients colludes through a named channel):
+
+* ``"own"``: its own honest gradient ``ctx.grads_WxP[worker]``, its public
+  batch, the model and other public data. Such an attack reads no other row
+  of ``ctx.grads_WxP`` (its shape aside), so the protocol may hand it a
+  matrix holding only the worker's row. Here: honest, sign flip, scaling,
+  Gaussian noise, label flipping, lazy, free-riding with ``mode="zero"``,
+  garbage, NaN/Inf, wrong shape (and ``inf`` and ``drift`` in
+  :mod:`pot_jax.attacks.robust`).
+* ``"colluding"``: also every other worker's honest gradient of the round
+  (``ctx.grads_WxP``), as ALIE and IPM assume (an omniscient attacker).
+  Here: ALIE, IPM, free-riding with ``mode="copy"`` (it copies another
+  worker), and the attacks in :mod:`pot_jax.attacks.robust` other than
+  ``inf`` and ``drift``. ``cheat_sometimes`` knows what its inner attack knows.
+
+``Attack.knowledge`` defaults to ``"colluding"``, the assumption that
+restricts nothing: an attack built without saying (a plugin written before
+the field existed) keeps seeing every row.
 
 Two families, flagged by ``Attack.malformed``:
 
@@ -19,6 +38,8 @@ Two families, flagged by ``Attack.malformed``:
 
 ``cheat_sometimes`` wraps another attack and is honest except in a fraction q
 of rounds. Which workers are Byzantine is :func:`choose_byzantine`.
+``ATTACK_NAMES`` are the attacks defined here; ``ATTACKS`` (the registry)
+also holds those of :mod:`pot_jax.attacks.robust` and any registered plugin.
 
 Depends on ``pot_jax.learning`` only.
 """
@@ -44,6 +65,7 @@ from pot_jax.registry import Registry
 __all__ = [
     "ATTACK_NAMES",
     "GARBAGE_KINDS",
+    "KNOWLEDGE",
     "WRONG_SHAPE_KINDS",
     "Attack",
     "AttackContext",
@@ -67,6 +89,9 @@ __all__ = [
 ]
 
 _BYZANTINE_TAG = b"POT_JAX_BYZANTINE_V1"
+
+KNOWLEDGE = ("own", "colluding")
+"""Values of ``Attack.knowledge``: what an attack needs to know (module docstring)."""
 
 
 class AttackContext(NamedTuple):
@@ -125,18 +150,23 @@ class Attack(NamedTuple):
     """A named Byzantine worker behaviour.
 
     Attributes:
-      name: the registry name (``ATTACK_NAMES``).
+      name: the registry name (``ATTACKS.names()``).
       apply: ``(ctx, worker, rng) -> sent``.
       malformed: True if what it sends fails the cheap checks (shape, dtype,
         finiteness); False if it is a well-formed float32 gradient, wrong
         (or, for ``honest`` and the honest rounds of ``cheat_sometimes``, right).
       params: the factory's parameters as ``(name, value)`` pairs.
+      knowledge: ``"own"`` if ``apply`` reads only the worker's own row of
+        ``ctx.grads_WxP`` (besides its batch, the model and public data);
+        ``"colluding"`` if it reads other workers' honest gradients. See
+        ``KNOWLEDGE`` and the module docstring.
     """
 
     name: str
     apply: ApplyFn
     malformed: bool = False
     params: tuple[tuple[str, Any], ...] = ()
+    knowledge: str = "colluding"
 
     @property
     def label(self) -> str:
@@ -185,16 +215,21 @@ def honest() -> Attack:
     def apply(ctx, worker, rng):
         return _honest_row(ctx, worker)
 
-    return Attack("honest", apply)
+    return Attack("honest", apply, knowledge="own")
 
 
 def sign_flip() -> Attack:
-    """Sends ``-g``."""
+    """Sends ``-g``, its own gradient reversed.
+
+    ByzFL's ``SignFlipping`` sends minus the mean of the honest gradients
+    (after Allen-Zhu et al., ICLR 2021), a colluding attack: here that is
+    ``ipm`` with ``epsilon=1``.
+    """
 
     def apply(ctx, worker, rng):
         return -_honest_row(ctx, worker)
 
-    return Attack("sign_flip", apply)
+    return Attack("sign_flip", apply, knowledge="own")
 
 
 def scaled(*, factor: float = 10.0) -> Attack:
@@ -206,11 +241,14 @@ def scaled(*, factor: float = 10.0) -> Attack:
     def apply(ctx, worker, rng):
         return (np.float32(factor) * _honest_row(ctx, worker)).astype(np.float32)
 
-    return Attack("scaled", apply, params=(("factor", factor),))
+    return Attack("scaled", apply, params=(("factor", factor),), knowledge="own")
 
 
 def gaussian(*, sigma: float = 1.0, around_honest: bool = False) -> Attack:
-    """Sends ``N(0, sigma^2 I)`` (the usual Gaussian attack), or ``g + N(0, sigma^2 I)``."""
+    """Sends ``N(0, sigma^2 I)`` (the usual Gaussian attack), or ``g + N(0, sigma^2 I)``.
+
+    ByzFL's ``Gaussian`` also takes a mean ``mu`` (default 0).
+    """
     sigma = _real("gaussian", "sigma", sigma, expect="a finite number > 0", ok=lambda v: v > 0)
     if not isinstance(around_honest, bool):
         raise ValueError(f"gaussian: around_honest = {around_honest!r}, expected a bool")
@@ -220,7 +258,12 @@ def gaussian(*, sigma: float = 1.0, around_honest: bool = False) -> Attack:
         noise = (sigma * rng.standard_normal(P)).astype(np.float32)
         return _honest_row(ctx, worker) + noise if around_honest else noise
 
-    return Attack("gaussian", apply, params=(("sigma", sigma), ("around_honest", around_honest)))
+    return Attack(
+        "gaussian",
+        apply,
+        params=(("sigma", sigma), ("around_honest", around_honest)),
+        knowledge="own",
+    )
 
 
 def alie_z(n_workers: int, n_byzantine: int) -> float:
@@ -241,7 +284,10 @@ def alie(*, z: float | None = None) -> Attack:
     """Sends ``mean - z * std`` of the honest gradients (per coordinate).
 
     ``z`` defaults to the paper's ``alie_z(W, f)``; every ALIE worker sends
-    the same vector, so together they shift the median and mean.
+    the same vector, so together they shift the median and mean. The
+    statistics are over all W honest gradients, the std is the population
+    one. ByzFL's ``ALittleIsEnough`` sends ``mean + tau * std`` with the
+    unbiased std and a fixed ``tau = 1.5``; ``optimal_alie`` searches z.
     """
     if z is not None:
         z = _real("alie", "z", z, expect="a finite number (or None)", ok=lambda v: True)
@@ -251,18 +297,23 @@ def alie(*, z: float | None = None) -> Attack:
         zz = alie_z(ctx.n_workers, ctx.n_byzantine) if z is None else z
         return (grads.mean(axis=0) - zz * grads.std(axis=0)).astype(np.float32)
 
-    return Attack("alie", apply, params=(("z", z),))
+    return Attack("alie", apply, params=(("z", z),), knowledge="colluding")
 
 
 def ipm(*, epsilon: float = 0.1) -> Attack:
-    """Inner-product manipulation (Xie et al. 2020): sends ``-epsilon * mean(honest)``."""
+    """Inner-product manipulation (Xie et al. 2020): sends ``-epsilon * mean(honest)``.
+
+    The mean is over all W honest gradients. ByzFL's
+    ``InnerProductManipulation`` is the same with default ``tau = 2.0``;
+    ``fall_of_empires`` and ``optimal_ipm`` are the large and the searched epsilon.
+    """
     epsilon = _real("ipm", "epsilon", epsilon, expect="a finite number > 0", ok=lambda v: v > 0)
 
     def apply(ctx, worker, rng):
         grads = np.asarray(ctx.grads_WxP, dtype=np.float64)
         return (-epsilon * grads.mean(axis=0)).astype(np.float32)
 
-    return Attack("ipm", apply, params=(("epsilon", epsilon),))
+    return Attack("ipm", apply, params=(("epsilon", epsilon),), knowledge="colluding")
 
 
 def label_flip() -> Attack:
@@ -276,7 +327,7 @@ def label_flip() -> Attack:
         y_B = np.asarray(y_B)
         return _gradient(ctx.learner, ctx.params, x_B, (classes - 1 - y_B).astype(y_B.dtype))
 
-    return Attack("label_flip", apply)
+    return Attack("label_flip", apply, knowledge="own")
 
 
 def lazy() -> Attack:
@@ -287,11 +338,15 @@ def lazy() -> Attack:
         stale = ctx.params if ctx.stale_params is None else ctx.stale_params
         return _gradient(ctx.learner, stale, x_B, y_B)
 
-    return Attack("lazy", apply)
+    return Attack("lazy", apply, knowledge="own")
 
 
 def free_rider(*, mode: str = "zero") -> Attack:
-    """Does no work: sends zeros (``mode="zero"``) or another worker's honest gradient (``"copy"``)."""
+    """Does no work: sends zeros (``mode="zero"``) or another worker's honest gradient (``"copy"``).
+
+    Copying needs another worker's gradient before the round's submissions
+    close, so ``"copy"`` is a colluding attack; ``"zero"`` knows nothing.
+    """
     mode = _choice("free_rider", "mode", mode, ("zero", "copy"))
 
     def apply(ctx, worker, rng):
@@ -301,7 +356,12 @@ def free_rider(*, mode: str = "zero") -> Attack:
         other = int(rng.integers(ctx.n_workers - 1))
         return _honest_row(ctx, other + (other >= worker))
 
-    return Attack("free_rider", apply, params=(("mode", mode),))
+    return Attack(
+        "free_rider",
+        apply,
+        params=(("mode", mode),),
+        knowledge="own" if mode == "zero" else "colluding",
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -339,7 +399,7 @@ def garbage(*, kind: str = "random") -> Attack:
             return "gradient"
         return object()
 
-    return Attack("garbage", apply, malformed=True, params=(("kind", kind),))
+    return Attack("garbage", apply, malformed=True, params=(("kind", kind),), knowledge="own")
 
 
 def nan_inf(*, kind: str = "nan", fraction: float = 0.01) -> Attack:
@@ -361,7 +421,13 @@ def nan_inf(*, kind: str = "nan", fraction: float = 0.01) -> Attack:
             g[where] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), size=count)
         return g
 
-    return Attack("nan_inf", apply, malformed=True, params=(("kind", kind), ("fraction", fraction)))
+    return Attack(
+        "nan_inf",
+        apply,
+        malformed=True,
+        params=(("kind", kind), ("fraction", fraction)),
+        knowledge="own",
+    )
 
 
 WRONG_SHAPE_KINDS = ("truncated", "extended", "matrix", "empty")
@@ -386,7 +452,7 @@ def wrong_shape(*, kind: str = "random") -> Attack:
             return g.reshape(1, -1)
         return np.zeros(0, np.float32)
 
-    return Attack("wrong_shape", apply, malformed=True, params=(("kind", kind),))
+    return Attack("wrong_shape", apply, malformed=True, params=(("kind", kind),), knowledge="own")
 
 
 # --------------------------------------------------------------------------- #
@@ -423,6 +489,7 @@ def cheat_sometimes(*, attack: Attack | str = "sign_flip", q: float = 0.5) -> At
         apply,
         malformed=inner.malformed,
         params=(("attack", inner.label), ("q", q)),
+        knowledge=inner.knowledge,
     )
 
 
@@ -456,7 +523,7 @@ def make_attack(name: str, **params: Any) -> Attack:
         factory = _FACTORIES[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown attack {name!r}; expected one of {', '.join(ATTACK_NAMES)}"
+            f"unknown attack {name!r}; expected one of {', '.join(ATTACKS.names())}"
         ) from None
     accepted = inspect.signature(factory).parameters
     takes = ", ".join(accepted) if accepted else "no parameters"
