@@ -46,7 +46,11 @@ def _train(args: argparse.Namespace) -> int:
         )
     else:
         s = run_protocol(config_from_args(ProtocolConfig, args), tensorboard=args.tensorboard)
-    reasons = ", ".join(f"{k}: {v}" for k, v in s.rejections_by_reason.items()) or "none"
+    reasons = ", ".join(f"{k}: {v}" for k, v in s.rejections_by_category.items()) or "none"
+    slashed = (
+        ", ".join(f"validator {v}: {' '.join(f)}" for v, f in s.slashed_validators.items())
+        or "none"
+    )
     print(
         "\n".join(
             [
@@ -61,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
                 f"{s.wrong_gradients_accepted_unchecked} (wrong gradients no validator sampled, "
                 "so the committee accepted them; the simulation's ground truth)",
                 f"honest workers slashed      {s.honest_workers_slashed}",
+                f"fraud proofs                {s.fraud_proofs} valid, {s.false_fraud_proofs} false",
+                f"validators slashed          {slashed}",
                 f"rejected gradients          {s.rejected_gradients} ({reasons})",
                 f"verification compute        {s.verification_compute_ratio:.4f} "
                 f"({s.recomputed_gradients} recomputed / {s.worker_gradients} computed)",

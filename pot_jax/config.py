@@ -68,6 +68,7 @@ def registry(kind: str):
 
         return DATASETS
     if kind == "validator_strategy":
+        import pot_jax.protocol.behaviours  # noqa: F401  (registers the role behaviours)
         from pot_jax.network.byzantine import BEHAVIOURS
 
         return BEHAVIOURS

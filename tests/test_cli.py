@@ -233,7 +233,7 @@ def test_train_logs_every_round_and_tensorboard_events(tmp_path, capsys):
     assert main(["train", *PROTOCOL_TINY, "--tensorboard", "--run-dir", str(run)]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "accepted", "rejected_by_reason", "caught", "recomputed", "view",
+    for key in ("loss", "accepted", "rejected_by_category", "caught", "recomputed", "view",
                 "messages", "round_wall_seconds"):  # fmt: skip
         assert key in rows[0]
     assert [r["round"] for r in rows if "pot_test_accuracy" in r] == [3, 6]

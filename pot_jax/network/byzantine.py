@@ -7,6 +7,9 @@ decides whether the honest logic sees a message (and may record it), and
 ``act(node, cluster) -> sends`` does something unprompted when the driver
 lets the node act. ``compose`` chains strategies. A Byzantine node holds its
 validator's secret key, so it can sign anything; it cannot sign for others.
+``role`` holds behaviours of the validator's Proof-of-Training role (what it
+reports, what its aggregation server proposes; ``pot_jax.protocol.behaviours``
+registers them here); a strategy with only a role runs honest PBFT.
 
 *Twins* (two nodes sharing one identity and key) is not a strategy but a
 node layout: see ``twins``.
@@ -78,6 +81,7 @@ class Strategy:
     incoming: Callable[[Node, int, bytes, Cluster], bool] = _pass_in
     act: Callable[[Node, Cluster], list[Send]] = _no_act
     runs_timers: bool = True
+    role: tuple = ()  # protocol-role behaviours (pot_jax.protocol.behaviours)
 
 
 def compose(*strategies: Strategy) -> Strategy:
@@ -100,6 +104,7 @@ def compose(*strategies: Strategy) -> Strategy:
         incoming,
         act,
         all(s.runs_timers for s in strategies),
+        tuple(r for s in strategies for r in s.role),
     )
 
 

@@ -60,6 +60,7 @@ assumption.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -68,15 +69,14 @@ import os
 import random
 import secrets
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import jax
 
 from pot_jax.config import COMPONENT_FIELDS, LOCAL_FIELDS, ConfigError, ProtocolConfig
 from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, verify_qc, vote_message
-from pot_jax.crypto.worker_signatures import worker_message, worker_signature_scheme
+from pot_jax.crypto.worker_signatures import worker_signature_scheme
 from pot_jax.learning.assignment import BatchAssigner
 from pot_jax.learning.encoding import EncodingError, decode_pytree, flat_digest, pytree_digest
 from pot_jax.learning.trainer import build_learner, load_for, worker_shards
@@ -90,29 +90,37 @@ from pot_jax.protocol.genesis import (
     genesis_vote_message,
 )
 from pot_jax.protocol.ledger import (
-    Contribution,
-    FraudProofRef,
     Ledger,
     LedgerConfig,
     LedgerError,
-    RoundRewards,
     check_conservation,
     decode_entries,
     encode_entries,
-    entries_digest,
 )
+from pot_jax.protocol.messages import MessageError, RoundInputs, encode_proposal
 from pot_jax.protocol.records import RecordError, RoundRecord
-from pot_jax.protocol.runner import (
+from pot_jax.protocol.roles import worker_program
+from pot_jax.protocol.round import (
+    Fault,
+    InputsError,
+    advance,
+    cited_proofs,
+    finish,
+    genesis_state,
+    judge,
+    transition,
+)
+from pot_jax.protocol.setup import Batches, make_rules, make_verification
+from pot_jax.protocol.transcript import (
     TRANSCRIPT_NAME,
-    AggregationServer,
+    RecordKind,
+    TranscriptError,
+    TranscriptReader,
     decode_fraud_record,
     decode_qc_record,
-    honest_gradients,
-    make_verification,
 )
-from pot_jax.protocol.transcript import RecordKind, TranscriptError, TranscriptReader
 from pot_jax.registry import import_paths
-from pot_jax.verification import RoundContext, Submission
+from pot_jax.verification.checks import Category
 from pot_jax.verification.fraud_proof import FraudProof, check_fraud_proof
 
 
@@ -278,8 +286,10 @@ class _Round:
     record_bytes: bytes
     record: RoundRecord
     qc: bytes
+    inputs_bytes: bytes
+    inputs: RoundInputs
     input_checkpoint: bytes | None
-    fraud: list[bytes]
+    fraud: list[tuple[bytes, bytes]]  # (digest, proof bytes), in citation order
     ledger: bytes
     checkpoint: bytes | None
 
@@ -333,8 +343,10 @@ class Auditor:
         validators: tuple[str, ...] | None = None,
         data_dir: str | None = None,
         allow_plugins: bool = False,
+        scheme=None,
     ):
         self.run_dir = Path(run_dir)
+        self.scheme = scheme
         self.allow_plugins = allow_plugins
         self.recompute = recompute
         self.seed = seed
@@ -494,6 +506,7 @@ class Auditor:
         config = self._config(genesis)
         try:
             worker_keys = tuple(bytes.fromhex(k) for k in genesis["worker_keys"])
+            report_keys = tuple(bytes.fromhex(k) for k in genesis["validator_report_keys"])
             genesis_params = bytes.fromhex(genesis["genesis_params_hash"])
             ledger = Ledger.genesis(
                 LedgerConfig(**genesis["ledger_config"]),
@@ -505,6 +518,12 @@ class Auditor:
             self._byzantine = [int(w) for w in genesis["byzantine_workers"]]
         except (KeyError, TypeError, ValueError, LedgerError) as err:
             raise AuditFailure(None, f"the genesis is invalid: {err}") from None
+        if len(report_keys) != config.validators:
+            raise AuditFailure(
+                None,
+                f"the genesis registers {len(report_keys)} report keys for "
+                f"{config.validators} validators",
+            )
 
         # Public data and the canonical functions, rebuilt from the signed config.
         try:
@@ -517,27 +536,34 @@ class Auditor:
             raise AuditFailure(None, "the data differ from the digest the genesis signed")
         assigner = BatchAssigner(config.seed, worker_shards(config, data), config.batch_size)
         learner, params0 = build_learner(config, data)
-        scheme = make_verification(config, threshold)
+        scheme = self.scheme or make_verification(config, threshold)
         if scheme.label != genesis.get("verification"):
-            # A scheme object passed to run_protocol(scheme=...) is not in any registry
-            # the audit can rebuild it from: everything but re-execution still holds.
-            if self.recompute > 0:
-                raise AuditUsageError(
-                    f"the run used verification scheme {genesis.get('verification')!r}, "
-                    "which the audit cannot rebuild from the config: --recompute is "
-                    "impossible (the other checks run without it)"
-                )
-            report.not_checked.append(
-                f"re-execution (custom verification scheme {genesis.get('verification')!r})"
+            # A scheme object passed to run_protocol(scheme=...) is in no registry the
+            # audit can rebuild it from: without it, selections and proofs cannot be judged.
+            raise AuditUsageError(
+                f"the run used verification scheme {genesis.get('verification')!r}, which the "
+                f"config rebuilds as {scheme.label!r}: pass the scheme object "
+                "(audit(..., scheme=...)) or register it (register_scheme) and name it"
             )
-        server = AggregationServer(learner, scheme.aggregation)
+        batches = Batches(assigner, data)
+        rules = make_rules(
+            config,
+            genesis=self.genesis_hash,
+            validator_set=self.validator_set,
+            report_keys=report_keys,
+            worker_keys=worker_keys,
+            signatures=signatures,
+            scheme=scheme,
+            learner=learner,
+            batches=batches,
+        )
         like = {"opt_state": learner.optimizer.init(params0), "params": params0}
-        env = _Env(config, learner, assigner, data, server, scheme, like, worker_keys, signatures)
+        env = _Env(config, learner, rules, batches, like)
 
-        genesis_ckpt = self._checkpoint(records, reader, None, "the genesis CHECKPOINT")
-        state = env.load(genesis_ckpt, None)
-        if env.digest(state["params"]) != genesis_params:
+        loaded = env.load(self._checkpoint(records, reader, None, "the genesis CHECKPOINT"), None)
+        if env.digest(loaded["params"]) != genesis_params:
             raise AuditFailure(None, "the genesis checkpoint is not the genesis model")
+        state = genesis_state(loaded["params"], loaded["opt_state"], genesis_params, ledger)
 
         if self.recompute > 0 and self.recompute < 1:
             self.seed = secrets.randbits(63) if self.seed is None else self.seed
@@ -545,9 +571,8 @@ class Auditor:
         intervals = -(-config.rounds // config.checkpoint_every)
         rng = _Draw(self.recompute, self.seed, intervals)
         replay = rng.draw()
-        prev_hash, prev_signers = genesis_params, ()
         self.facts = _Facts()
-        accuracy_at = {0: state["params"]}
+        accuracy_at = {0: state.params}
         r = 0
         while True:
             rec = records.peek()
@@ -560,70 +585,72 @@ class Auditor:
                 raise _Unfinished(f"the transcript ends after {r} complete rounds")
             if rec.kind == RecordKind.CLOSING:
                 break
-            rnd = self._round_group(records, reader, r, config, report)
-            record, proofs, ledger, qc = self._check_round(
-                rnd, config, env, ledger, prev_hash, prev_signers, report
-            )
-            if proofs:
-                input_state = env.load(rnd.input_checkpoint, r)
-                if env.digest(input_state["params"]) != record.params_hash:
-                    raise AuditFailure(r, "the checkpoint before the fraud proofs is not theta_r")
-                for _, proof in proofs:
-                    env.check_proof(r, proof, input_state["params"])
-                    self.facts.caught.append(proof.worker)
-            self.facts.rounds[-1].update(fraud_proofs=len(proofs), caught=len(self.facts.caught))
-            report.fraud_proofs += len(proofs)
-            if replay:
-                env.reexecute(r, record, state, proofs)
-                report.reexecuted += 1
+            rnd = self._round_group(records, reader, r, config)
+            outcome, qc = self._check_round(rnd, env, state, replay, report)
+            state = advance(state, outcome, qc.signer_indices())
+            if not replay:
+                state = dataclasses.replace(state, params=None, opt_state=None)
             if rnd.checkpoint is not None:
                 loaded = env.load(rnd.checkpoint, r)
-                if env.digest(loaded["params"]) != record.new_params_hash:
+                if env.digest(loaded["params"]) != outcome.record.new_params_hash:
                     raise AuditFailure(
                         r, "the checkpoint after this round is not the record's output model"
                     )
                 report.checkpoints += 1
-                if replay and env.digest(state["params"]) != record.new_params_hash:
-                    raise AuditFailure(r, "re-execution diverged from the checkpoint")
-                state = loaded
+                state = dataclasses.replace(
+                    state, params=loaded["params"], opt_state=loaded["opt_state"]
+                )
                 accuracy_at[r + 1] = loaded["params"]
                 replay = rng.draw()
-            prev_hash, prev_signers = record.new_params_hash, qc.signer_indices()
             report.rounds += 1
             r += 1
-        if not check_conservation(ledger):
+        if not check_conservation(state.ledger):
             raise AuditFailure(None, "the ledger does not conserve value")
-        self._closing(records, reader, r, prev_hash, ledger, accuracy_at)
+        self._closing(records, reader, r, state.params_hash, state.ledger, accuracy_at)
         if self.recompute > 0 and report.reexecuted == 0 and report.rounds:
             raise AssertionError("a sampled audit drew no interval")  # _Draw picks at least one
-        self._side_files(report, config, data, learner, ledger, accuracy_at)
+        self.facts.caught = sorted(state.banned)
+        self._side_files(report, config, data, learner, state.ledger, accuracy_at)
 
     def _checkpoint(self, records, reader, r, what):
         rec = records.take(RecordKind.CHECKPOINT, r, what)
         return reader.checkpoint(rec)
 
-    def _round_group(self, records, reader, r, config, report) -> _Round:
+    def _round_group(self, records, reader, r, config) -> _Round:
         round_rec = records.take(RecordKind.ROUND, r, f"round {r}'s ROUND record")
         try:
             record = RoundRecord.decode(round_rec.payload)
         except RecordError as err:
             raise AuditFailure(r, f"the round record is malformed: {err}") from None
         qc = records.take(RecordKind.QC, r, f"round {r}'s QC").payload
-        cited = [x for x in record.rejected if x.fraud_proof_digest]
+        inputs_bytes = records.take(RecordKind.INPUTS, r, f"round {r}'s INPUTS record").payload
+        try:
+            inputs = RoundInputs.decode(inputs_bytes)
+        except MessageError as err:
+            raise AuditFailure(r, f"the round's inputs are malformed: {err}") from None
+        cited = cited_proofs(inputs)
         input_ckpt, fraud = None, []
         if cited:
             input_ckpt = self._checkpoint(
                 records,
                 reader,
                 r,
-                f"the CHECKPOINT of round {r}'s input model (it cites {len(cited)} fraud proofs)",
+                f"the CHECKPOINT of round {r}'s input model (its reports cite {len(cited)} "
+                "fraud proofs)",
             )
-            for x in cited:
-                fraud.append(
-                    records.take(
-                        RecordKind.FRAUD_PROOF, r, f"the FRAUD_PROOF against worker {x.worker}"
-                    ).payload
-                )
+            for v, digest in cited:
+                payload = records.take(
+                    RecordKind.FRAUD_PROOF, r, f"the FRAUD_PROOF validator {v} cites"
+                ).payload
+                try:
+                    prover, proof_bytes = decode_fraud_record(payload)
+                except ValueError as err:
+                    raise AuditFailure(r, f"a fraud proof record is malformed: {err}") from None
+                if prover != v or hashlib.sha256(proof_bytes).digest() != digest:
+                    raise AuditFailure(
+                        r, f"the FRAUD_PROOF record is not the one validator {v} cites"
+                    )
+                fraud.append((digest, proof_bytes))
         ledger = records.take(RecordKind.LEDGER, r, f"round {r}'s LEDGER record").payload
         checkpoint = None
         due = (r + 1) % config.checkpoint_every == 0
@@ -641,9 +668,21 @@ class Auditor:
                     "not the final one",
                 )
             checkpoint = reader.checkpoint(rec)
-        return _Round(r, round_rec.payload, record, qc, input_ckpt, fraud, ledger, checkpoint)
+        return _Round(
+            r,
+            round_rec.payload,
+            record,
+            qc,
+            inputs_bytes,
+            inputs,
+            input_ckpt,
+            fraud,
+            ledger,
+            checkpoint,
+        )
 
-    def _check_round(self, rnd, config, env, ledger, prev_hash, prev_signers, report):
+    def _check_round(self, rnd, env, state, replay, report):
+        """Re-derive the round from its inputs with ``protocol.round``; the record must match."""
         r, record = rnd.number, rnd.record
         if (record.round, record.chain_id, record.genesis) != (r, self.chain_id, self.genesis_hash):
             raise AuditFailure(
@@ -655,75 +694,113 @@ class Auditor:
             view, seq, qc = decode_qc_record(rnd.qc)
         except ValueError as err:
             raise AuditFailure(r, f"the commit QC is malformed: {err}") from None
-        message = vote_message(self.chain_id, "commit", view, seq, value_digest(rnd.record_bytes))
+        value = encode_proposal(rnd.record_bytes, rnd.inputs_bytes)
+        message = vote_message(self.chain_id, "commit", view, seq, value_digest(value))
         if seq != r + 1 or not verify_qc(self.validator_set, message, qc):
             raise AuditFailure(r, "the commit QC does not verify against the genesis validator set")
-        self.facts.max_view = max(self.facts.max_view, view)
-        if record.params_hash != prev_hash:
+        if record.params_hash != state.params_hash:
             raise AuditFailure(r, "the record's input model hash is not the previous output")
-        for a in record.accepted:
-            if a.worker >= config.workers:
-                raise AuditFailure(r, f"accepted worker {a.worker} is not registered")
-            if a.examples != config.batch_size:
-                raise AuditFailure(
-                    r,
-                    f"accepted worker {a.worker} claims {a.examples} examples, the batch size "
-                    f"is {config.batch_size}",
+        if record.inputs_digest != rnd.inputs.digest():
+            raise AuditFailure(r, "the INPUTS record is not the one the round record commits to")
+        if rnd.input_checkpoint is not None:
+            loaded = env.load(rnd.input_checkpoint, r)
+            if env.digest(loaded["params"]) != state.params_hash:
+                raise AuditFailure(r, "the checkpoint before the fraud proofs is not theta_r")
+            if state.params is None:
+                state = dataclasses.replace(
+                    state, params=loaded["params"], opt_state=loaded["opt_state"]
                 )
-        self.facts.rounds.append({"accepted": len(record.accepted), "view": view})
-        banned_before = set(self.facts.caught)
-        for x in record.rejected:
-            if x.worker >= config.workers:
-                raise AuditFailure(r, f"rejected worker {x.worker} is not registered")
-            if x.worker not in banned_before:
-                self.facts.rejected += 1
-        proofs = self._fraud_proofs(r, rnd, record, env)
-        rewards = RoundRewards(
-            r,
-            tuple(Contribution(a.worker, a.examples) for a in record.accepted),
-            prev_signers,
-            tuple(FraudProofRef(v, p.worker) for v, p in proofs),
-        )
+        proofs = dict(rnd.fraud)
         try:
-            ledger = ledger.apply_round(rewards)
-        except LedgerError as err:
-            raise AuditFailure(r, f"the ledger rejects the round: {err}") from None
+            j = judge(env.rules, state, rnd.inputs, proofs)
+            if replay:
+                outcome = transition(
+                    env.rules,
+                    state,
+                    rnd.inputs,
+                    proofs,
+                    env.recompute(r, state, j),
+                    judgement=j,
+                )
+            else:
+                outcome = finish(
+                    env.rules,
+                    state,
+                    rnd.inputs,
+                    j,
+                    None,
+                    None,
+                    new_params_hash=record.new_params_hash,
+                )
+        except InputsError as err:
+            raise AuditFailure(r, f"the round's inputs are invalid: {err}") from None
+        except _WrongGradient as err:
+            raise AuditFailure(r, str(err)) from None
+        if replay:
+            report.reexecuted += 1
+            if outcome.record.new_params_hash != record.new_params_hash:
+                raise AuditFailure(
+                    r, "re-executing the round does not give the record's output model"
+                )
+        if outcome.record.encode() != rnd.record_bytes:
+            self._explain_false_proofs(r, env, state, record, j, proofs)
+            raise AuditFailure(
+                r, f"the record does not re-derive from its inputs: {_diff(outcome.record, record)}"
+            )
         try:
             recorded = decode_entries(rnd.ledger)
         except (LedgerError, ValueError) as err:
             raise AuditFailure(r, f"the ledger entries are malformed: {err}") from None
-        if encode_entries(recorded) != encode_entries(ledger.round_entries(r)):
+        if encode_entries(recorded) != encode_entries(outcome.entries):
             raise AuditFailure(r, "the recorded ledger entries differ from the rewards rule")
-        if entries_digest(recorded) != record.ledger_digest:
-            raise AuditFailure(r, "the record's ledger digest does not match its entries")
-        return record, proofs, ledger, qc
+        facts = self.facts
+        facts.max_view = max(facts.max_view, view)
+        by_category = Counter(
+            x.category for x in record.rejected if x.category != Category.SLASHED.value
+        )
+        facts.rejected += sum(by_category.values())
+        facts.by_category.update(by_category)
+        valid = len(j.rewards.fraud_proofs)
+        false = sum(1 for s in j.slashed if s.fault == Fault.FALSE_PROOF.value)
+        facts.fraud_proofs += valid
+        facts.false_proofs += false
+        for s in j.slashed:
+            facts.slashed.setdefault(str(s.validator), []).append(s.fault)
+        report.fraud_proofs += len(j.cited)
+        caught = len(set(state.banned) | set(j.proven))
+        facts.rounds.append(
+            {
+                "accepted": len(record.accepted),
+                "view": view,
+                "fraud_proofs": valid,
+                "false_fraud_proofs": false,
+                "caught": caught,
+                "rejected": sum(by_category.values()),
+                "rejected_by_category": dict(sorted(by_category.items())),
+                "slashed_validators": [[s.validator, s.fault] for s in j.slashed],
+            }
+        )
+        return outcome, qc
 
-    def _fraud_proofs(self, r, rnd, record, env):
-        cited = [x for x in record.rejected if x.fraud_proof_digest]
-        proofs = []
-        for rejection, payload in zip(cited, rnd.fraud, strict=True):
-            try:
-                prover, proof_bytes = decode_fraud_record(payload)
-                proof = FraudProof.decode(proof_bytes)
-            except ValueError as err:
-                raise AuditFailure(r, f"a fraud proof is malformed: {err}") from None
-            w = rejection.worker
-            if hashlib.sha256(proof_bytes).digest() != rejection.fraud_proof_digest:
-                raise AuditFailure(r, f"the FRAUD_PROOF record is not the one cited for worker {w}")
-            message = worker_message(self.chain_id, r, w, proof.commitment)
-            if (
-                proof.worker != w
-                or proof.round != r
-                or proof.public_key != env.worker_keys[w]
-                or not env.signatures.verify(env.worker_keys[w], message, proof.signature)
-            ):
-                raise AuditFailure(r, f"worker {w}'s fraud proof is not signed by worker {w}")
-            if prover >= self.validator_set.n:
-                raise AuditFailure(
-                    r, f"worker {w}'s fraud proof names prover {prover}, not a validator"
-                )
-            proofs.append((prover, proof))
-        return proofs
+    def _explain_false_proofs(self, r, env, state, record, j, proofs):
+        """A record that excludes a worker with a proof that does not hold: say why it fails."""
+        for x in record.rejected:
+            if not x.fraud_proof_digest or x.fraud_proof_digest in j.proven.values():
+                continue
+            proof_bytes = proofs.get(x.fraud_proof_digest)
+            why = "the transcript does not carry it"
+            if proof_bytes is not None:
+                try:
+                    proof = FraudProof.decode(proof_bytes)
+                    _, why = check_fraud_proof(
+                        proof,
+                        env.rules.context(r, state.params),
+                        mode=env.rules.scheme.mode,
+                        threshold=env.rules.scheme.threshold,
+                    )
+                except ValueError as err:
+                    why = f"it does not decode ({err})"
+            raise AuditFailure(r, f"the fraud proof against worker {x.worker} is false: {why}")
 
     def _closing(self, records, reader, rounds, final_hash, ledger, accuracy_at):
         rec = records.take(RecordKind.CLOSING, None, "the CLOSING record")
@@ -784,8 +861,13 @@ class Auditor:
             expected = {
                 "rounds_committed": report.rounds,
                 "cheaters_caught": sorted(facts.caught),
-                "fraud_proofs": report.fraud_proofs,
+                "fraud_proofs": facts.fraud_proofs,
+                "false_fraud_proofs": facts.false_proofs,
                 "rejected_gradients": facts.rejected,
+                "rejections_by_category": dict(sorted(facts.by_category.items())),
+                "slashed_validators": dict(
+                    sorted(facts.slashed.items(), key=lambda kv: int(kv[0]))
+                ),
                 "honest_workers_slashed": len(set(facts.caught) - byzantine),
                 "byzantine_workers": sorted(byzantine),
                 "max_view": facts.max_view,
@@ -819,13 +901,11 @@ class Auditor:
             known = {
                 *expected,
                 "pot_accuracy",
-                "rejections_by_reason",
                 "units",
                 *NOT_CHECKED_SUMMARY,
             }
             unknown = sorted(set(summary) - known)
             report.not_checked.extend(f"summary.{k}" for k in NOT_CHECKED_SUMMARY if k in summary)
-            report.not_checked.append("summary.rejections_by_reason (free text)")
             report.not_checked.extend(f"summary.{k} (unknown field)" for k in unknown)
         raw = _read_json_file(self.run_dir / "metrics.jsonl", "metrics.jsonl")
         if raw is None:
@@ -864,15 +944,15 @@ class Auditor:
                 )
             checked += 1
         report.notes.append(
-            f"metrics.jsonl: accepted, fraud proofs, caught and view checked on every row; test "
+            f"metrics.jsonl: accepted, rejections by category, fraud proofs, slashed validators, "
+            f"caught and view checked on every row; test "
             f"accuracy re-evaluated on {checked} rows at checkpoints, {unchecked} rows between "
             "checkpoints not re-evaluated"
         )
         if unchecked:
             report.not_checked.append("metrics accuracy between checkpoints")
         report.not_checked.append(
-            "metrics: loss, rejections by reason, recomputed, messages, centralized accuracy, "
-            "wall and virtual time"
+            "metrics: loss, recomputed, messages, centralized accuracy, wall and virtual time"
         )
 
 
@@ -882,6 +962,10 @@ class _Facts:
 
     caught: list[int] = field(default_factory=list)
     rejected: int = 0
+    by_category: Counter = field(default_factory=Counter)
+    fraud_proofs: int = 0
+    false_proofs: int = 0
+    slashed: dict = field(default_factory=dict)
     max_view: int = 0
     rounds: list[dict] = field(default_factory=list)  # per round: what a metrics row may claim
 
@@ -900,19 +984,19 @@ class _Draw:
         return self.picks.pop() if self.picks else False
 
 
+class _WrongGradient(Exception):
+    pass
+
+
 @dataclass
 class _Env:
     """The run's public inputs and canonical functions, rebuilt from the signed config."""
 
     config: ProtocolConfig
     learner: object
-    assigner: BatchAssigner
-    data: object
-    server: AggregationServer
-    scheme: object
+    rules: object
+    batches: Batches
     like: dict
-    worker_keys: tuple[bytes, ...]
-    signatures: object
 
     def digest(self, params) -> bytes:
         return pytree_digest(params, self.learner.spec)
@@ -923,58 +1007,29 @@ class _Env:
         except EncodingError as err:
             raise AuditFailure(r, f"the checkpoint does not decode: {err}") from None
 
-    def context(self, r: int, params) -> RoundContext:
-        def batch_of(worker: int):
-            idx = self.assigner.indices(r, worker)
-            return self.data.x_train[idx], self.data.y_train[idx]
-
-        return RoundContext(
-            chain_id=self.config.chain_id.encode(),
-            round=r,
-            params=params,
-            learner=self.learner,
-            batch_of=batch_of,
-            n_workers=self.config.workers,
-            signature_scheme=self.signatures,
-            worker_public_keys=self.worker_keys,
+    def recompute(self, r: int, state, j) -> dict:
+        """Every accepted worker's gradient, re-run with the honest workers' own program."""
+        accepted = [a.worker for a in j.accepted]
+        rows = worker_program(
+            self.learner,
+            state.params,
+            self.batches.of_round(r),
+            self.config.workers,
+            accepted,
+            self.config.mode,
         )
-
-    def check_proof(self, r: int, proof: FraudProof, params) -> None:
-        ok, why = check_fraud_proof(
-            proof,
-            self.context(r, params),
-            mode=self.scheme.mode,
-            threshold=self.scheme.threshold,
-        )
-        if not ok:
-            raise AuditFailure(r, f"the fraud proof against worker {proof.worker} is false: {why}")
-
-    def reexecute(self, r, record, state, proofs) -> None:
-        params = state["params"]
-        if self.digest(params) != record.params_hash:
-            raise AuditFailure(r, "re-execution starts from another model than the record's")
-        ctx = self.context(r, params)
-        accepted = [a.worker for a in record.accepted]
-        # Re-run the honest workers' own program (in tolerance mode, their "platform").
-        rows = honest_gradients(
-            self.learner, params, ctx.batch_of, self.config.workers, accepted, self.config.mode
-        )
-        submissions = {}
-        for a in record.accepted:
-            g = rows[a.worker]
-            if flat_digest(self.learner.header, g) != a.commitment:
-                raise AuditFailure(
-                    r,
+        for a in j.accepted:
+            if flat_digest(self.learner.header, rows[a.worker]) != a.commitment:
+                raise _WrongGradient(
                     f"accepted worker {a.worker}'s signed commitment does not match its "
-                    "recomputed gradient: the committee accepted a wrong gradient",
+                    "recomputed gradient: the committee accepted a wrong gradient"
                 )
-            submissions[a.worker] = Submission(a.worker, g, a.commitment, b"", b"")
-        new_params, new_opt = self.server.new_model(
-            params, state["opt_state"], submissions, accepted, self.config.workers
-        )
-        if self.digest(new_params) != record.new_params_hash:
-            raise AuditFailure(r, "re-executing the round does not give the record's output model")
-        state["params"], state["opt_state"] = jax.device_get(new_params), new_opt
+        return {w: rows[w] for w in accepted}
+
+
+def _diff(derived: RoundRecord, recorded: RoundRecord) -> str:
+    a, b = derived.to_json(), recorded.to_json()
+    return "fields " + ", ".join(k for k in sorted(a) if a[k] != b.get(k))
 
 
 def _config_fields(raw: dict) -> dict:
@@ -991,12 +1046,14 @@ def audit(
     validators: str | None = None,
     data_dir: str | None = None,
     allow_plugins: bool = False,
+    scheme=None,
 ) -> AuditReport:
     """Audit ``run_dir``; see the module docstring for what is checked.
 
     Raises ``AuditUsageError`` when the audit cannot start (no such directory,
     a malformed pin or ``--recompute``, plugin code named by the run without
-    ``allow_plugins``); otherwise returns the report.
+    ``allow_plugins``, a custom verification scheme not passed as ``scheme``);
+    otherwise returns the report.
     """
     pins = load_validator_pin(validators) if validators else None
     if genesis is not None:
@@ -1013,4 +1070,5 @@ def audit(
         validators=pins,
         data_dir=data_dir,
         allow_plugins=allow_plugins,
+        scheme=scheme,
     ).run()

@@ -32,6 +32,13 @@ One round (``Ledger.apply_round``), in entry order:
    (independent of proof order); ``burn-slashed`` burns the rest. A worker whose
    stake is already zero gets one ``slash-empty-stake`` entry with delta 0 and no
    bounty is paid, so the attempt is still on the record.
+6. For each validator named in a validator fault (``ValidatorFault``: its own
+   signed messages show it skipped or changed its sample, vouched for a
+   gradient proven wrong, forged a fraud proof or equivocated), once, in
+   ascending order: ``slash-validator`` takes ``ceil(stake *
+   slash_fraction_bps / 10_000)`` of its stake and ``burn-slashed`` burns all
+   of it (nobody is paid for evidence the proposer merely forwarded); an
+   empty stake gets one ``slash-validator-empty-stake`` entry with delta 0.
 
 Zero-amount entries for the emission and the burn are omitted; every accepted
 worker, every signer and every proven worker always gets its entry, even at 0.
@@ -57,6 +64,7 @@ __all__ = [
     "Contribution",
     "FraudProofRef",
     "Ledger",
+    "ValidatorFault",
     "LedgerConfig",
     "LedgerEntry",
     "LedgerError",
@@ -89,6 +97,8 @@ R_SLASH = "slash"
 R_SLASH_EMPTY = "slash-empty-stake"
 R_BOUNTY = "bounty"
 R_BURN_SLASHED = "burn-slashed"
+R_SLASH_VALIDATOR = "slash-validator"
+R_SLASH_VALIDATOR_EMPTY = "slash-validator-empty-stake"
 
 _BALANCE, _STAKE = "balance", "stake"
 
@@ -110,6 +120,8 @@ _REASON_RULES: dict[str, _ReasonRule] = {
     R_SLASH_EMPTY: _ReasonRule(6, _STAKE, "worker", 0),
     R_BOUNTY: _ReasonRule(7, _BALANCE, "validator", +1),
     R_BURN_SLASHED: _ReasonRule(8, _BALANCE, "burn", +1),
+    R_SLASH_VALIDATOR: _ReasonRule(9, _STAKE, "validator", -1),
+    R_SLASH_VALIDATOR_EMPTY: _ReasonRule(10, _STAKE, "validator", 0),
 }
 _REASON_BY_CODE = {rule.code: reason for reason, rule in _REASON_RULES.items()}
 REASONS = tuple(_REASON_RULES)
@@ -242,6 +254,19 @@ class FraudProofRef:
 
 
 @dataclass(frozen=True)
+class ValidatorFault:
+    """Validator ``validator`` is slashed for ``fault`` (a ``protocol.round.Fault`` value)."""
+
+    validator: int
+    fault: str
+
+    def __post_init__(self) -> None:
+        _index(self.validator, "ValidatorFault.validator")
+        if not isinstance(self.fault, str) or not self.fault:
+            raise LedgerError(f"ValidatorFault.fault = {self.fault!r}: expected a non-empty str")
+
+
+@dataclass(frozen=True)
 class RoundRewards:
     """What a committed round tells the ledger.
 
@@ -250,12 +275,14 @@ class RoundRewards:
       accepted: one ``Contribution`` per accepted worker (no worker twice).
       qc_signers: validator indices whose signatures are in the round's QC.
       fraud_proofs: checked fraud proofs; a worker may appear in several.
+      validator_faults: validators to slash; a validator may appear in several.
     """
 
     round: int
     accepted: tuple[Contribution, ...] = ()
     qc_signers: tuple[int, ...] = ()
     fraud_proofs: tuple[FraudProofRef, ...] = ()
+    validator_faults: tuple[ValidatorFault, ...] = ()
 
     def __post_init__(self) -> None:
         _index(self.round, "RoundRewards.round")
@@ -264,9 +291,11 @@ class RoundRewards:
         object.__setattr__(self, "accepted", tuple(self.accepted))
         object.__setattr__(self, "qc_signers", tuple(self.qc_signers))
         object.__setattr__(self, "fraud_proofs", tuple(self.fraud_proofs))
+        object.__setattr__(self, "validator_faults", tuple(self.validator_faults))
         for item, cls in (
             *((a, Contribution) for a in self.accepted),
             *((p, FraudProofRef) for p in self.fraud_proofs),
+            *((v, ValidatorFault) for v in self.validator_faults),
         ):
             if not isinstance(item, cls):
                 raise LedgerError(f"round {self.round}: expected a {cls.__name__}, got {item!r}")
@@ -433,6 +462,15 @@ class Ledger:
             add(validator_account(provers[worker]), bounty, R_BOUNTY)
             if slashed - bounty:
                 add(BURN, slashed - bounty, R_BURN_SLASHED)
+        for validator in sorted({v.validator for v in rewards.validator_faults}):
+            account = validator_account(validator)
+            stake = self.stakes[account]
+            if stake == 0:
+                add(account, 0, R_SLASH_VALIDATOR_EMPTY)
+                continue
+            slashed = -(-stake * cfg.slash_fraction_bps // BPS)
+            add(account, -slashed, R_SLASH_VALIDATOR)
+            add(BURN, slashed, R_BURN_SLASHED)
         return out
 
     def _check_round(self, rewards: RoundRewards) -> None:
@@ -471,6 +509,12 @@ class Ledger:
                 raise LedgerError(
                     f"round {r}: worker {proof.worker} is both accepted and proven to cheat by "
                     f"validator {proof.validator}; a proven worker must be excluded"
+                )
+        for fault in rewards.validator_faults:
+            if fault.validator >= self.n_validators:
+                raise LedgerError(
+                    f"round {r}: validator fault {fault} out of range, ledger has "
+                    f"{self.n_validators} validators"
                 )
 
     # -- commitments

@@ -1,10 +1,14 @@
 """The round record: what the committee commits for each training round.
 
-A record binds the run's signed genesis (its digest), round r's input model (its hash), the accepted workers and
-their commitments (and the Merkle root over them), every rejection with its
-reason and, for caught cheaters, the digest of the fraud proof, the
-aggregation rule, the output model's hash and the digest of the round's
-ledger entries. Its canonical bytes are ``MAGIC`` followed by JSON with sorted
+A record binds the run's signed genesis (its digest), round r's input model
+(its hash), the digest of the round's inputs (the validators' signed reports
+and any equivocation evidence, ``protocol.messages.RoundInputs``), the
+accepted workers and their commitments (and the Merkle root over them), every
+rejection with its category (``verification.Category``), a free-text detail
+and, for caught cheaters, the digest of the fraud proof, the validators
+slashed this round and why, the aggregation rule, the output model's hash and
+the digest of the round's ledger entries. Every field but the detail texts
+is a function of the inputs (``protocol.round.transition``). Its canonical bytes are ``MAGIC`` followed by JSON with sorted
 keys, no whitespace and bytes as lowercase hex; ``decode`` accepts only bytes
 that re-encode identically, so one record has exactly one encoding and the
 digest a QC signs is unambiguous.
@@ -17,8 +21,9 @@ import json
 from dataclasses import dataclass
 
 from pot_jax.crypto.merkle import merkle_root
+from pot_jax.verification.checks import Category
 
-MAGIC = b"POTJAX-ROUND-RECORD/v2\n"
+MAGIC = b"POTJAX-ROUND-RECORD/v3\n"
 MAX_RECORD_BYTES = 1 << 22
 
 
@@ -36,8 +41,17 @@ class Accepted:
 @dataclass(frozen=True)
 class Rejected:
     worker: int
-    reason: str
+    category: str  # a ``verification.Category`` value
+    detail: str = ""  # for people; nothing parses it
     fraud_proof_digest: bytes = b""  # empty unless a fraud proof caught the worker
+
+
+@dataclass(frozen=True)
+class Slashed:
+    """A validator slashed this round: ``fault`` names what its signed messages show."""
+
+    validator: int
+    fault: str  # a ``protocol.round.Fault`` value
 
 
 @dataclass(frozen=True)
@@ -46,12 +60,13 @@ class RoundRecord:
     genesis: bytes  # the signed genesis's digest: a record belongs to exactly one run
     round: int
     params_hash: bytes
+    inputs_digest: bytes  # sha256 of the round's encoded RoundInputs
     accepted: tuple[Accepted, ...]
     rejected: tuple[Rejected, ...]
+    slashed: tuple[Slashed, ...]
     aggregation: str
     new_params_hash: bytes
     ledger_digest: bytes
-    proposer: int
 
     @property
     def commitments_root(self) -> bytes:
@@ -64,13 +79,16 @@ class RoundRecord:
             "genesis": self.genesis.hex(),
             "round": self.round,
             "params_hash": self.params_hash.hex(),
+            "inputs_digest": self.inputs_digest.hex(),
             "accepted": [[a.worker, a.commitment.hex(), a.examples] for a in self.accepted],
-            "rejected": [[r.worker, r.reason, r.fraud_proof_digest.hex()] for r in self.rejected],
+            "rejected": [
+                [r.worker, r.category, r.detail, r.fraud_proof_digest.hex()] for r in self.rejected
+            ],
+            "slashed": [[s.validator, s.fault] for s in self.slashed],
             "commitments_root": self.commitments_root.hex(),
             "aggregation": self.aggregation,
             "new_params_hash": self.new_params_hash.hex(),
             "ledger_digest": self.ledger_digest.hex(),
-            "proposer": self.proposer,
         }
 
     def encode(self) -> bytes:
@@ -101,18 +119,27 @@ class RoundRecord:
                 genesis=_hash(obj["genesis"], "genesis"),
                 round=_int(obj["round"], "round"),
                 params_hash=_hash(obj["params_hash"], "params_hash"),
+                inputs_digest=_hash(obj["inputs_digest"], "inputs_digest"),
                 accepted=tuple(
                     Accepted(_int(w, "worker"), _hash(c, "commitment"), _int(n, "examples"))
                     for w, c, n in obj["accepted"]
                 ),
                 rejected=tuple(
-                    Rejected(_int(w, "worker"), _str(reason, "reason"), bytes.fromhex(fp))
-                    for w, reason, fp in obj["rejected"]
+                    Rejected(
+                        _int(w, "worker"),
+                        _category(category),
+                        _str(detail, "detail"),
+                        bytes.fromhex(fp),
+                    )
+                    for w, category, detail, fp in obj["rejected"]
+                ),
+                slashed=tuple(
+                    Slashed(_int(v, "validator"), _str(fault, "fault"))
+                    for v, fault in obj["slashed"]
                 ),
                 aggregation=_str(obj["aggregation"], "aggregation"),
                 new_params_hash=_hash(obj["new_params_hash"], "new_params_hash"),
                 ledger_digest=_hash(obj["ledger_digest"], "ledger_digest"),
-                proposer=_int(obj["proposer"], "proposer"),
             )
         except RecordError:
             raise
@@ -128,6 +155,13 @@ class RoundRecord:
         if [a.worker for a in record.accepted] != sorted(a.worker for a in record.accepted):
             raise RecordError("record's accepted workers are not in ascending order")
         return record
+
+
+def _category(value) -> str:
+    try:
+        return Category.parse(value).value
+    except (ValueError, TypeError) as err:
+        raise RecordError(f"record field category: {err}") from None
 
 
 def _int(value, field: str) -> int:

@@ -1,44 +1,45 @@
-"""The Proof-of-Training round end to end (docs/architecture.md, "One round, as implemented").
+"""The Proof-of-Training protocol run end to end (docs/architecture.md, "One round").
 
-Three roles, kept apart so experiments can count, fault and cost each:
+The runner is a driver: it owns no protocol logic. Each round it
 
-* **training nodes** (``TrainingNode``): compute ``worker_gradient`` on their
-  public batch (or, if Byzantine, whatever their attack sends), commit to it
-  and sign ``(chain id, round, worker, commitment)`` with Ed25519;
-* **validators** (``Validator``): cheap-check every submission, recompute a
-  VRF-chosen sample (the verification scheme), produce fraud proofs, and
-  vote in PBFT only for a record they re-derived themselves;
-* the **aggregation server** (``AggregationServer``), beside the primary:
-  folds the validators' verdicts, aggregates the accepted gradients, applies
-  the optax update and proposes the round record.
-
-The committee is a real PBFT cluster (``pot_jax.consensus``) driven by the
-deterministic simulator (``pot_jax.network``) with real BLS signatures; each
-round's record is one PBFT sequence number and its commit QC goes into the
-transcript with the record, the fraud proofs, the ledger entries and, every
-``checkpoint_every`` rounds, the model.
+1. asks every **training node** (``roles.TrainingNode``) for its signed
+   submission (one host computes the honest nodes' gradients; a Byzantine
+   node computes its attack from its own gradient and public data, or, for a
+   colluding attack, also from the honest gradients, a channel the genesis
+   names);
+2. delivers every submission to every reporting **validator**
+   (``roles.Validator``), which checks them, recomputes its VRF sample and
+   returns a signed report; delivers every report to every validator;
+3. lets the **aggregation server** beside each validator derive the round
+   with ``protocol.round.transition`` and submits that value to its own PBFT
+   replica; the replicas order one value per round through the deterministic
+   simulator (``pot_jax.network``) with real BLS signatures, and each honest
+   replica votes only for a value its validator re-derives exactly;
+4. writes the committed record, its QC, its inputs (the reports), the fraud
+   proofs they cite, the ledger entries and, every ``checkpoint_every``
+   rounds, the model; then trains the centralized baseline.
 
 Keys: every node's secret comes from ``config.keys`` (the OS by default, a key
 directory, or the named simulation option ``derived``; ``protocol.keys``); the
 run header holds the signed genesis (``protocol.genesis``) with public keys
 only, and a finished run ends with a signed closing record.
 
-Simulation shortcuts, all deterministic and documented: the application check
-(``ReplicaConfig.validate``) is one function shared by the replicas, and an
-honest validator's re-derivation of a record (aggregate, new model hash,
-ledger digest) is computed once per distinct record and reused by the other
-honest validators, who would compute the same bytes; Byzantine validators
-neither verify nor report (their consensus misbehaviour comes from
-``pot_jax.network.byzantine``).
+Simulation shortcuts, deterministic and documented: submissions and reports
+reach every validator (reliable broadcast, no latency: the round's role
+messages are not yet routed through the simulator, only PBFT's are); pure
+checks (report signatures, VRF selections, fraud proofs, a re-derivation of
+the same inputs with the same gradients) are computed once per process and
+shared by the validators (``memo``), who would compute the same bytes; a
+Byzantine validator whose strategy has no role behaviour neither verifies
+nor reports (its consensus misbehaviour comes from ``network.byzantine``).
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
+import dataclasses
 import json
 import os
-import struct
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,18 +49,18 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from pot_jax.attacks import AttackContext, choose_byzantine, commitment_of
+from pot_jax.attacks import AttackContext, choose_byzantine
 from pot_jax.attacks.workers import ATTACKS
 from pot_jax.config import LOCAL_FIELDS, ProtocolConfig
-from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, aggregate_votes
-from pot_jax.crypto.worker_signatures import worker_message, worker_signature_scheme
+from pot_jax.crypto.worker_signatures import worker_signature_scheme
 from pot_jax.learning.assignment import BatchAssigner
-from pot_jax.learning.encoding import encode_pytree, flat_digest, pytree_digest
+from pot_jax.learning.encoding import encode_pytree, pytree_digest
 from pot_jax.learning.trainer import build_learner, load_for, worker_shards
 from pot_jax.network import byzantine
 from pot_jax.network.scenario import make_cluster
 from pot_jax.network.simulator import NetworkConfig, TimedNetwork
+from pot_jax.protocol import behaviours  # noqa: F401  (registers the role behaviours)
 from pot_jax.protocol.genesis import (
     GENESIS_FORMAT,
     Closing,
@@ -71,21 +72,29 @@ from pot_jax.protocol.genesis import (
     sign_statement,
 )
 from pot_jax.protocol.keys import KeyRing, derived_keys, generate_keys, load_key_dir
-from pot_jax.protocol.ledger import (
-    Contribution,
-    FraudProofRef,
-    Ledger,
-    LedgerConfig,
-    RoundRewards,
-    encode_entries,
-    entries_digest,
+from pot_jax.protocol.ledger import Ledger, LedgerConfig, encode_entries
+from pot_jax.protocol.roles import (
+    ProposeDue,
+    ReportDue,
+    RoundTask,
+    TrainingNode,
+    Validator,
+    attack_knowledge,
+    own_knowledge_context,
+    worker_program,
 )
-from pot_jax.protocol.records import Accepted, RecordError, Rejected, RoundRecord
-from pot_jax.protocol.transcript import (
+from pot_jax.protocol.round import Fault, advance, genesis_state
+from pot_jax.protocol.setup import Batches, make_rules, make_verification
+from pot_jax.protocol.transcript import (  # noqa: F401  (codecs re-exported for callers)
+    TRANSCRIPT_NAME,
     RecordKind,
     TranscriptReader,
     TranscriptWriter,
+    decode_fraud_record,
+    decode_qc_record,
     encode_checkpoint_ref,
+    encode_fraud_record,
+    encode_qc_record,
 )
 from pot_jax.runinfo import (
     JsonLines,
@@ -95,15 +104,9 @@ from pot_jax.runinfo import (
     show_progress,
     write_json,
 )
-from pot_jax.verification import (
-    RoundContext,
-    Submission,
-    calibrate_threshold,
-    combine_verdicts,
-    verify_fraud_proof,
-)
+from pot_jax.verification import calibrate_threshold
+from pot_jax.verification.checks import Category
 
-TRANSCRIPT_NAME = "transcript.log"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", TRANSCRIPT_NAME)
 
 
@@ -118,6 +121,10 @@ UNITS = {
         "(ground truth the simulation knows; an audit with --recompute finds them)"
     ),
 }
+
+
+def _accept_anything(value: bytes) -> bool:
+    return True
 
 
 class NoQuorum(RuntimeError):
@@ -198,44 +205,7 @@ def _kept_metric_rows(path: Path, *, committed: int) -> int:
 
 STALE_ROUNDS = 5  # how old the model a lazy worker trains on is
 MAX_ROUND_VIRTUAL_TIME = 10_000.0
-
-
-def encode_qc_record(view: int, seq: int, qc: QuorumCertificate) -> bytes:
-    """Transcript payload of a commit QC: view and sequence, then the QC's own encoding."""
-    return struct.pack(">QQ", view, seq) + qc.encode()
-
-
-def decode_qc_record(payload: bytes) -> tuple[int, int, QuorumCertificate]:
-    if len(payload) < 16:
-        raise ValueError(f"QC record is {len(payload)} bytes, needs at least 16")
-    view, seq = struct.unpack(">QQ", payload[:16])
-    return view, seq, QuorumCertificate.decode(payload[16:])
-
-
-def encode_fraud_record(prover: int, proof_bytes: bytes) -> bytes:
-    """Transcript payload of a fraud proof: the proving validator's index, then the proof."""
-    return struct.pack(">I", prover) + proof_bytes
-
-
-def decode_fraud_record(payload: bytes) -> tuple[int, bytes]:
-    if len(payload) < 4:
-        raise ValueError(f"fraud-proof record is {len(payload)} bytes, needs at least 4")
-    return struct.unpack(">I", payload[:4])[0], payload[4:]
-
-
 CALIBRATION_ROUNDS = 4  # public batches of rounds 0-3 calibrate, rounds 4-7 measure
-
-
-def make_verification(config: ProtocolConfig, threshold: float | None = None):
-    """The configured scheme and rule (registries; ``threshold``: tolerance mode's)."""
-    from pot_jax.learning.aggregation import RULES
-    from pot_jax.verification.schemes import SCHEMES
-
-    rule = RULES.build(config.aggregation, flag="--aggregation")
-    extra = {"budget": config.budget, "mode": config.mode, "aggregation": rule}
-    if config.mode == "tolerance":
-        extra["threshold"] = threshold
-    return SCHEMES.build(config.verification, flag="--verification", **extra)
 
 
 def calibrate(config: ProtocolConfig, learner, params, assigner, data) -> tuple[float, dict]:
@@ -265,15 +235,17 @@ def calibrate(config: ProtocolConfig, learner, params, assigner, data) -> tuple[
 
 @dataclass(frozen=True)
 class ProtocolSummary:
-    rounds_committed: int
+    rounds_committed: int  # decisions taken, counted as they commit
     pot_accuracy: float
     centralized_accuracy: float
     accuracy_ratio: float
     byzantine_workers: tuple[int, ...]
     cheaters_caught: tuple[int, ...]
-    fraud_proofs: int
+    fraud_proofs: int  # valid fraud proofs committed (two validators proving one worker: 2)
+    false_fraud_proofs: int  # cited proofs that did not verify (their provers are slashed)
     rejected_gradients: int
-    rejections_by_reason: dict
+    rejections_by_category: dict  # verification.Category value -> count
+    slashed_validators: dict  # validator index (str) -> the faults it was slashed for
     wrong_gradients_checked: int
     wrong_gradients_caught: int
     wrong_gradients_accepted_unchecked: int
@@ -292,85 +264,6 @@ class ProtocolSummary:
     run_dir: str
     genesis: str  # the signed genesis's digest: what an auditor pins
     key_source: str
-
-
-def honest_gradients(learner, params, batch_of, n_workers, active, mode) -> np.ndarray:
-    """The honest workers' gradients, one row per worker (zero rows for inactive ones).
-
-    Bitwise mode: each worker runs the canonical single-worker program, as the
-    validators do. Tolerance mode: all workers' rows come from one vmapped
-    program (``worker_gradients``), which XLA compiles differently: it stands in
-    for workers on other hardware, whose results agree with the validators'
-    recomputation only to float tolerance.
-    """
-    rows = np.zeros((n_workers, learner.num_params), np.float32)
-    if mode == "tolerance":
-        batches = [batch_of(w) for w in range(n_workers)]
-        x = np.stack([b[0] for b in batches])
-        y = np.stack([b[1] for b in batches])
-        full = np.asarray(learner.worker_gradients(params, x, y))
-        rows[active] = full[active]
-        return rows
-    for w in active:
-        x_B, y_B = batch_of(w)
-        rows[w] = np.asarray(learner.worker_gradient(params, x_B, y_B))
-    return rows
-
-
-class TrainingNode:
-    """A worker: honest, or Byzantine with an attack."""
-
-    def __init__(self, index, sk, pk, scheme, attack=None):
-        self.index, self.sk, self.public_key = index, sk, pk
-        self.scheme, self.attack = scheme, attack
-
-    def submit(self, ctx: RoundContext, honest_P, attack_ctx, rng) -> tuple[Submission, bool]:
-        """The worker's signed submission, and whether its gradient is not the honest one."""
-        if self.attack is None:
-            sent, commitment = honest_P, flat_digest(ctx.learner.header, honest_P)
-        else:
-            sent = self.attack.apply(attack_ctx, self.index, rng)
-            commitment = commitment_of(sent, ctx.learner.header, rng)
-        message = worker_message(ctx.chain_id, ctx.round, self.index, commitment)
-        signature = self.scheme.sign(self.sk, message)
-        wrong = not (
-            isinstance(sent, np.ndarray)
-            and sent.dtype == honest_P.dtype
-            and sent.shape == honest_P.shape
-            and sent.tobytes() == honest_P.tobytes()
-        )
-        return Submission(self.index, sent, commitment, signature, self.public_key), wrong
-
-
-class Validator:
-    """A committee member's verification role (consensus runs in the PBFT replica)."""
-
-    def __init__(self, index: int, sk: int, pk: bytes, honest: bool):
-        self.index, self.sk, self.public_key, self.honest = index, sk, pk, honest
-
-    def verify(self, scheme, ctx, submissions, n_validators):
-        selection = scheme.select(ctx, self.index, n_validators, self.sk)
-        return selection, scheme.check(ctx, submissions, selection)
-
-
-class AggregationServer:
-    """Folds verdicts, aggregates, updates the model and writes the proposal."""
-
-    def __init__(self, learner, rule):
-        self.learner = learner
-        self.rule = rule
-        self._aggregate = jax.jit(rule.aggregate)
-
-    def new_model(self, params, opt_state, submissions, accepted, n_workers):
-        rows = np.zeros((n_workers, self.learner.num_params), np.float32)
-        for w in accepted:
-            rows[w] = submissions[w].gradient
-        mask = np.zeros((n_workers,), bool)
-        mask[list(accepted)] = True
-        if not accepted:
-            return params, opt_state  # nothing to aggregate: the model stays
-        agg = self._aggregate(jnp.asarray(rows), jnp.asarray(mask))
-        return self.learner.apply_update(params, opt_state, agg)
 
 
 class ProtocolRun:
@@ -395,9 +288,9 @@ class ProtocolRun:
         self.assigner = BatchAssigner(
             config.seed, worker_shards(config, self.data), config.batch_size
         )
-        self.learner, self.params = build_learner(config, self.data)
-        self.opt_state = self.learner.optimizer.init(self.params)
-        self.params_c, self.opt_state_c = self.params, self.learner.optimizer.init(self.params)
+        self.batches = Batches(self.assigner, self.data)
+        self.learner, params = build_learner(config, self.data)
+        self.params_c, self.opt_state_c = params, self.learner.optimizer.init(params)
         # Wall seconds spent in the centralized baseline's steps (batch gather + step,
         # synchronised), so accuracy can be plotted against each side's own compute time.
         self.centralized_seconds = 0.0
@@ -405,37 +298,71 @@ class ProtocolRun:
         threshold = None
         if config.mode == "tolerance" and scheme is None:
             threshold, self.calibration = calibrate(
-                config, self.learner, self.params, self.assigner, self.data
+                config, self.learner, params, self.assigner, self.data
             )
         self.scheme = make_verification(config, threshold) if scheme is None else scheme
-        self.server = AggregationServer(self.learner, self.scheme.aggregation)
 
         W, n = config.workers, config.validators
         self.signature_scheme = worker_signature_scheme()
         self.byzantine_workers = choose_byzantine(W, config.byzantine_fraction, config.seed)
         attack = ATTACKS.build(config.attack, flag="--attack") if self.byzantine_workers else None
+        self.collusion = (
+            "honest_gradients"
+            if attack is not None and attack_knowledge(attack) == "colluding"
+            else "none"
+        )
         self.keys = self._keys(keys)
         worker_sks = self.keys.worker_signing_keys(self.signature_scheme)
-        self.workers = []
-        for i in range(W):
-            node_attack = attack if i in self.byzantine_workers else None
-            self.workers.append(
-                TrainingNode(
-                    i,
-                    worker_sks[i],
-                    self.keys.worker_public_keys[i],
-                    self.signature_scheme,
-                    node_attack,
-                )
+        self.workers = [
+            TrainingNode(
+                i,
+                worker_sks[i],
+                self.keys.worker_public_keys[i],
+                self.signature_scheme,
+                attack if i in self.byzantine_workers else None,
             )
-        self.worker_keys = tuple(w.public_key for w in self.workers)
-
-        sks, self.validator_set = self.keys.validator_secret_keys, self.keys.validator_set
-        bad = set(config.byzantine_validator_ids)
-        self.validators = [
-            Validator(i, sks[i], self.validator_set.public_keys[i], i not in bad) for i in range(n)
+            for i in range(W)
         ]
+        self.worker_keys = tuple(w.public_key for w in self.workers)
+        sks, self.validator_set = self.keys.validator_secret_keys, self.keys.validator_set
+        report_keys = self.keys.validator_report_keys()
+        self.report_public_keys = tuple(pk for _, pk in report_keys)
+
+        ledger = Ledger.genesis(LedgerConfig(), n_workers=W, n_validators=n)
+        params_hash = pytree_digest(params, self.learner.spec)
+        self.genesis = self._genesis(params_hash, ledger)
+        self.genesis_hash = genesis_digest(self.genesis)
+        self.rules = make_rules(
+            config,
+            genesis=self.genesis_hash,
+            validator_set=self.validator_set,
+            report_keys=self.report_public_keys,
+            worker_keys=self.worker_keys,
+            signatures=self.signature_scheme,
+            scheme=self.scheme,
+            learner=self.learner,
+            batches=self.batches,
+        )
+        self.state = genesis_state(params, self.learner.optimizer.init(params), params_hash, ledger)
+
+        bad = set(config.byzantine_validator_ids)
         strategies = {i: byzantine.build_strategy(config.validator_strategy) for i in bad}
+        self.memo: dict = {}  # pure checks shared by the validators of this process
+        self.validators = [
+            Validator(
+                i,
+                sks[i],
+                report_keys[i][0],
+                self.rules,
+                behaviours=strategies[i].role if i in bad else (),
+                memo=self.memo,
+                faulty=i in bad,
+            )
+            for i in range(n)
+        ]
+        # Who verifies and reports: honest validators, and Byzantine ones whose strategy
+        # has a role behaviour (a purely consensus-level Byzantine validator does not).
+        self.reporting = [v for v in self.validators if v.index not in bad or v.behaviours]
         self.cluster = make_cluster(
             n,
             config.pattern,
@@ -443,21 +370,20 @@ class ProtocolRun:
             seed=config.seed,
             chain_id=self.chain_id,
             keys=(sks, self.validator_set),
-            validate=self._validate,
             max_value_bytes=1 << 22,
         )
+        for node, v in zip(self.cluster.nodes, self.validators, strict=True):
+            votes_anything = any(b.votes_anything for b in v.behaviours)
+            check = _accept_anything if votes_anything else v.validate
+            config_i = dataclasses.replace(node.replica.config, validate=check)
+            node.replica = dataclasses.replace(node.replica, config=config_i)
         self.net = TimedNetwork(self.cluster, NetworkConfig(), seed=config.seed)
-        self.ledger = Ledger.genesis(LedgerConfig(), n_workers=W, n_validators=n)
-        self.banned: dict[int, int] = {}  # worker -> round of its first fraud proof
-        self.previous_signers: tuple[int, ...] = ()
-        self._derived: dict[bytes, bool] = {}
-        self._round_state = None
         self.stale = collections.deque(maxlen=STALE_ROUNDS)
+        self._nan_rows = None
         self.counts = collections.Counter()
         self.rejections = collections.Counter()
+        self.slashed: dict[int, list[str]] = {}
         self.slashed_honest = 0
-        self.genesis = self._genesis()
-        self.genesis_hash = genesis_digest(self.genesis)
 
     def _keys(self, keys: KeyRing | None) -> KeyRing:
         """Every node's keys: given, generated from the OS, loaded from files, or derived."""
@@ -475,7 +401,7 @@ class ProtocolRun:
         keys.check_sizes(n, W)
         return keys
 
-    def _genesis(self) -> dict:
+    def _genesis(self, params_hash: bytes, ledger: Ledger) -> dict:
         """Everything the validators sign before round 0 (see ``protocol.genesis``)."""
         return {
             "format": GENESIS_FORMAT,
@@ -489,194 +415,115 @@ class ProtocolRun:
                     strict=True,
                 )
             ],
+            "validator_report_keys": [pk.hex() for pk in self.report_public_keys],
             "worker_keys": [pk.hex() for pk in self.worker_keys],
             "worker_signature_scheme": self.signature_scheme.name,
             "key_source": self.keys.source,
-            "genesis_params_hash": pytree_digest(self.params, self.learner.spec).hex(),
-            "ledger_config": asdict(self.ledger.config),
+            "genesis_params_hash": params_hash.hex(),
+            "ledger_config": asdict(ledger.config),
             "verification": self.scheme.label,
             "tolerance_threshold": self.scheme.threshold,
             "calibration": self.calibration,
             "byzantine_workers": list(self.byzantine_workers),
+            "collusion": self.collusion,
             "data_digest": dataset_digest(self.data),
         }
 
     def _sign(self, message: bytes, *, everyone: bool = False):
         """A QC over ``message`` from the honest validators (``everyone``: all of them)."""
-        signers = {v.index: v.sk for v in self.validators if everyone or v.honest}
+        bad = set(self.config.byzantine_validator_ids)
+        signers = {v.index: v.sk for v in self.validators if everyone or v.index not in bad}
         return sign_statement(self.validator_set, signers, message)
-
-    # -- the application check every honest replica runs before preparing --
-
-    def _validate(self, value: bytes) -> bool:
-        digest = hashlib.sha256(value).digest()
-        if digest not in self._derived:
-            self._derived[digest] = self._rederive(value)
-        return self._derived[digest]
-
-    def _rederive(self, value: bytes) -> bool:
-        state = self._round_state
-        if state is None:
-            return False
-        try:
-            record = RoundRecord.decode(value)
-        except RecordError:
-            return False
-        expected = state["record"]
-        if (record.chain_id, record.genesis, record.round, record.params_hash) != (
-            expected.chain_id,
-            expected.genesis,
-            expected.round,
-            expected.params_hash,
-        ):
-            return False
-        # Every worker with a known fraud proof must be excluded, with its proof.
-        rejected = {r.worker: r for r in record.rejected}
-        for worker, proof_digest in state["fraud"].items():
-            if worker not in rejected or rejected[worker].fraud_proof_digest != proof_digest:
-                return False
-        # Accepted workers must have passed the cheap checks, with the commitment received.
-        for a in record.accepted:
-            sub = state["submissions"].get(a.worker)
-            if a.worker not in state["passed"] or sub is None or sub.commitment != a.commitment:
-                return False
-        if record.aggregation != self.scheme.aggregation.label:
-            return False
-        if tuple(a.worker for a in record.accepted) == tuple(a.worker for a in expected.accepted):
-            # Same accepted set as the one this validator derived: same model and ledger.
-            return record.encode() == expected.encode()
-        return False
 
     # -- one round --
 
-    def _batch_of(self, round_: int):
-        cache = {}
-
-        def batch_of(worker: int):
-            if worker not in cache:
-                idx = self.assigner.indices(round_, worker)
-                cache[worker] = (self.data.x_train[idx], self.data.y_train[idx])
-            return cache[worker]
-
-        return batch_of
-
-    def run_round(self, r: int, writer: TranscriptWriter) -> dict:
-        """Run round r; return its metrics row (what metrics.jsonl and ``on_commit`` get)."""
-        config, W, n = self.config, self.config.workers, self.config.validators
-        round_start = time.perf_counter()
-        messages_before = int(sum(self.cluster.stats.sent.values()))
-        recomputed_before = self.counts["recomputed"]
-        batch_of = self._batch_of(r)
-        ctx = RoundContext(
-            chain_id=self.chain_id,
-            round=r,
-            params=self.params,
+    def _submissions(self, r: int, batch_of) -> tuple[dict, set[int]]:
+        """Every active training node's signed submission; and (ground truth) the wrong ones."""
+        config, W, state = self.config, self.config.workers, self.state
+        active = [w for w in range(W) if w not in state.banned]
+        # Each node's host computes its honest gradient (one host in this simulation).
+        honest = worker_program(self.learner, state.params, batch_of, W, active, config.mode)
+        task = RoundTask(r, state.params, self.chain_id)
+        shared = AttackContext(
             learner=self.learner,
+            params=state.params,
             batch_of=batch_of,
-            n_workers=W,
-            signature_scheme=self.signature_scheme,
-            worker_public_keys=self.worker_keys,
-        )
-        params_hash = ctx.params_digest
-
-        # Work: every worker's canonical gradient (Byzantine ones need it for their attack).
-        active = [w for w in range(W) if w not in self.banned]
-        honest_WxP = honest_gradients(self.learner, self.params, batch_of, W, active, config.mode)
-        attack_ctx = AttackContext(
-            learner=self.learner,
-            params=self.params,
-            batch_of=batch_of,
-            grads_WxP=honest_WxP,
+            grads_WxP=honest,  # through the collusion channel, for colluding attacks only
             round=r,
             byzantine=self.byzantine_workers,
             stale_params=self.stale[0] if len(self.stale) == STALE_ROUNDS else None,
             num_classes=self.data.num_classes,
-            n_validators=n,
+            n_validators=config.validators,
             chain_id=self.chain_id,
         )
         submissions, wrong = {}, set()
         for w in active:
+            node, ctx = self.workers[w], None
+            if node.attack is not None:
+                ctx = shared
+                if self.collusion == "none":
+                    if self._nan_rows is None:
+                        self._nan_rows = np.full_like(honest, np.nan)
+                    ctx = own_knowledge_context(shared, w, honest, self._nan_rows)
             rng = np.random.default_rng([config.seed, r, w])
-            submissions[w], is_wrong = self.workers[w].submit(ctx, honest_WxP[w], attack_ctx, rng)
-            if is_wrong:
+            sub = node.step(task, self.learner.header, honest[w], ctx, rng)
+            if self._nan_rows is not None:
+                self._nan_rows[w] = np.nan
+            submissions[w] = sub
+            sent = sub.gradient
+            if not (
+                isinstance(sent, np.ndarray)
+                and sent.dtype == honest.dtype
+                and sent.shape == honest[w].shape
+                and sent.tobytes() == honest[w].tobytes()
+            ):
                 wrong.add(w)
         self.counts["worker_gradients"] += len(active)
+        return submissions, wrong
 
-        # Verification: each honest validator checks everything cheaply and its sample fully.
-        verdict_lists, recomputed = [], set()
+    def _pending_evidence(self) -> tuple:
+        """Equivocation evidence the honest replicas collected and nobody was slashed for."""
+        return tuple(self.cluster.stats.evidence)
+
+    def run_round(self, r: int, writer: TranscriptWriter) -> dict:
+        """Run round r; return its metrics row (what metrics.jsonl and ``on_commit`` get)."""
+        config, n = self.config, self.config.validators
+        state = self.state
+        round_start = time.perf_counter()
+        messages_before = int(sum(self.cluster.stats.sent.values()))
+        self.memo.clear()
         for v in self.validators:
-            if not v.honest:
-                continue
-            selection, verdicts = v.verify(self.scheme, ctx, submissions, n)
-            verdict_lists.append(verdicts)
-            self.counts["recomputed"] += sum(1 for x in verdicts if x.recomputed)
-            recomputed.update(x.worker for x in verdicts if x.recomputed)
+            v.start(state)
+        batch_of = self.batches.of_round(r)
 
-        def check_proof(proof):
-            return verify_fraud_proof(
-                proof, ctx, mode=self.scheme.mode, threshold=self.scheme.threshold
-            )
+        # Work: each training node sends its signed gradient to every validator.
+        submissions, wrong = self._submissions(r, batch_of)
+        for v in self.reporting:
+            for sub in submissions.values():
+                v.step(sub)
 
-        combined = {x.worker: x for x in combine_verdicts(verdict_lists, verify_proof=check_proof)}
+        # Verification: each reporting validator checks and broadcasts its signed report.
+        reports = [m for v in self.reporting for m in v.step(ReportDue())]
+        for v in self.reporting:
+            for m in reports:
+                v.step(m)
+        recomputed = set()
+        for v in self.reporting:
+            if v.honest:
+                self.counts["recomputed"] += len(v.recomputed)
+                recomputed |= v.recomputed
 
-        # Proposal (aggregation server beside the primary).
-        accepted, rejected, fraud, proofs = [], [], {}, []
-        for w in range(W):
-            if w in self.banned:
-                rejected.append(
-                    Rejected(w, f"worker {w}: slashed for fraud in round {self.banned[w]}")
-                )
-                continue
-            verdict = combined[w]
-            if verdict.accepted:
-                accepted.append(w)
-            elif verdict.fraud_proof is not None:
-                proof_bytes = verdict.fraud_proof.encode()
-                digest = hashlib.sha256(proof_bytes).digest()
-                fraud[w] = digest
-                proofs.append((w, verdict.validator, proof_bytes))
-                rejected.append(Rejected(w, verdict.reason, digest))
-            else:
-                rejected.append(Rejected(w, verdict.reason))
-        new_params, new_opt = self.server.new_model(
-            self.params, self.opt_state, submissions, accepted, W
-        )
-        new_hash = pytree_digest(new_params, self.learner.spec)
-        rewards = RoundRewards(
-            r,
-            tuple(Contribution(w, config.batch_size) for w in accepted),
-            self.previous_signers,
-            tuple(FraudProofRef(v, w) for w, v, _ in proofs),
-        )
-        next_ledger = self.ledger.apply_round(rewards)
-        round_entries = next_ledger.round_entries(r)
-        primary = next(x for x in self.cluster.nodes if not x.faulty).state.view % n
-        record = RoundRecord(
-            chain_id=self.chain_id,
-            genesis=self.genesis_hash,
-            round=r,
-            params_hash=params_hash,
-            accepted=tuple(
-                Accepted(w, submissions[w].commitment, config.batch_size) for w in accepted
-            ),
-            rejected=tuple(sorted(rejected, key=lambda x: x.worker)),
-            aggregation=self.scheme.aggregation.label,
-            new_params_hash=new_hash,
-            ledger_digest=entries_digest(round_entries),
-            proposer=primary,
-        )
-        passed = {w for w, x in combined.items() if x.accepted}
-        self._round_state = {
-            "record": record,
-            "fraud": fraud,
-            "submissions": submissions,
-            "passed": passed,
-        }
+        # Proposal: every reporting validator's server derives the round and submits it to
+        # its own replica; the primary proposes, the others keep it pending (a view change
+        # after a faulty primary then commits it).
+        evidence = self._pending_evidence()
+        for v in self.reporting:
+            for out in v.step(ProposeDue(evidence)):
+                if self.cluster.nodes[v.index].up:
+                    self.cluster.submit(out.value, nodes=[v.index])
 
         # Agreement: PBFT with BLS quorum certificates.
-        value = record.encode()
         seq = r + 1
-        self.cluster.submit(value)
         honest_nodes = [x for x in self.cluster.nodes if not x.faulty]
 
         def decided() -> bool:
@@ -692,40 +539,45 @@ class ProtocolRun:
                 f"{self.run_dir} reports it unfinished)"
             )
         decision = next(d for d in honest_nodes[0].decisions if d.seq == seq)
-        if decision.digest != value_digest(value) or decision.value != value:
-            raise RuntimeError(f"round {r}: the committee committed another record than proposed")
+        judge_by = next(v for v in self.reporting if v.honest)
+        outcome, inputs, proofs = judge_by.outcome_of(decision.value)
+        record, j = outcome.record, outcome.judgement
         view, qc = self._commit_qc(seq)
 
-        # Transcript: the record and its QC, fraud proofs, ledger entries, checkpoint.
-        writer.append(RecordKind.ROUND, value)
+        # Transcript: record, QC, inputs, [theta_r and every cited proof], ledger entries.
+        writer.append(RecordKind.ROUND, record.encode())
         writer.append(RecordKind.QC, encode_qc_record(view, seq, qc))
-        if proofs:  # theta_r, so that anyone can check each proof with one recomputation
-            writer.append_checkpoint(self._checkpoint_bytes())
-        for _, prover, proof_bytes in proofs:
-            writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proof_bytes))
-        writer.append(RecordKind.LEDGER, encode_entries(round_entries))
+        writer.append(RecordKind.INPUTS, inputs.encode())
+        if j.cited:  # theta_r, so that anyone can check each proof with one recomputation
+            writer.append_checkpoint(self._checkpoint_bytes(state))
+        for prover, digest in j.cited:
+            writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]))
+        writer.append(RecordKind.LEDGER, encode_entries(outcome.entries))
 
         # Update.
-        self.stale.append(self.params)
-        self.params, self.opt_state = new_params, new_opt
-        self.ledger = next_ledger
-        self.previous_signers = qc.signer_indices()
-        for w in fraud:
-            self.banned[w] = r
+        self.stale.append(state.params)
+        self.state = advance(state, outcome, qc.signer_indices())
+        for w in j.proven:
             if w not in self.byzantine_workers:
                 self.slashed_honest += 1
+        for s in j.slashed:
+            self.slashed.setdefault(s.validator, []).append(s.fault)
         if (r + 1) % config.checkpoint_every == 0:
-            writer.append_checkpoint(self._checkpoint_bytes())
+            writer.append_checkpoint(self._checkpoint_bytes(self.state))
 
-        by_reason = collections.Counter()
-        for x in rejected:
-            if x.worker not in self.banned or self.banned[x.worker] == r:
-                by_reason[x.reason.split(": ", 1)[-1].split(":")[0].split(" (")[0]] += 1
-        self.rejections.update(by_reason)
-        self.counts["rejected"] += sum(1 for x in rejected if self.banned.get(x.worker, r) == r)
+        by_category = collections.Counter(
+            x.category for x in record.rejected if x.category != Category.SLASHED.value
+        )
+        self.rejections.update(by_category)
+        valid_proofs = len(j.rewards.fraud_proofs)
+        false_proofs = sum(1 for s in j.slashed if s.fault == Fault.FALSE_PROOF.value)
+        self.counts["fraud_proofs"] += valid_proofs
+        self.counts["false_proofs"] += false_proofs
+        self.counts["rejected"] += sum(by_category.values())
+        accepted = {a.worker for a in record.accepted}
         self.counts["wrong_checked"] += len(wrong & recomputed)
-        self.counts["wrong_caught"] += len(wrong & set(fraud))
-        self.counts["wrong_accepted"] += len(wrong & set(accepted))
+        self.counts["wrong_caught"] += len(wrong & set(j.proven))
+        self.counts["wrong_accepted"] += len(wrong & accepted)
         self.counts["max_view"] = max(self.counts["max_view"], view)
         self.counts["committed"] += 1
 
@@ -740,25 +592,27 @@ class ProtocolRun:
         jax.block_until_ready(self.params_c)
         self.centralized_seconds += time.perf_counter() - t0
         # theta_r's loss on the round's batches (the honest workers' examples).
-        loss = float(self.learner.loss(self.stale[-1], x_all, y_all))
+        loss = float(self.learner.loss(state.params, x_all, y_all))
         return {
             "round": r + 1,
             "loss": loss,
             "centralized_loss": float(loss_c),
-            "accepted": len(accepted),
-            "rejected": sum(by_reason.values()),
-            "rejected_by_reason": dict(sorted(by_reason.items())),
-            "fraud_proofs": len(proofs),
-            "caught": len(self.banned),
-            "recomputed": self.counts["recomputed"] - recomputed_before,
+            "accepted": len(record.accepted),
+            "rejected": sum(by_category.values()),
+            "rejected_by_category": dict(sorted(by_category.items())),
+            "fraud_proofs": valid_proofs,
+            "false_fraud_proofs": false_proofs,
+            "slashed_validators": [[s.validator, s.fault] for s in j.slashed],
+            "caught": len(self.state.banned),
+            "recomputed": len(recomputed),
             "view": view,
             "messages": int(sum(self.cluster.stats.sent.values())) - messages_before,
             "virtual_time": self.net.time,
             "round_wall_seconds": time.perf_counter() - round_start,
         }
 
-    def _checkpoint_bytes(self) -> bytes:
-        return encode_pytree({"opt_state": self.opt_state, "params": self.params})
+    def _checkpoint_bytes(self, state) -> bytes:
+        return encode_pytree({"opt_state": state.opt_state, "params": state.params})
 
     def _commit_qc(self, seq: int) -> tuple[int, QuorumCertificate]:
         for node in self.cluster.nodes:
@@ -817,14 +671,14 @@ class ProtocolRun:
         board = TensorBoard(self.run_dir / "tensorboard") if self.tensorboard else None
         with writer:
             metrics = JsonLines(self.run_dir / "metrics.jsonl")
-            writer.append_checkpoint(self._checkpoint_bytes())
+            writer.append_checkpoint(self._checkpoint_bytes(self.state))
             bar = tqdm(
                 range(config.rounds), disable=not show_progress(config), desc="pot", unit="round"
             )
             for r in bar:
                 row = self.run_round(r, writer)
                 if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
-                    acc = self.learner.accuracy(self.params, x_test, y_test)
+                    acc = self.learner.accuracy(self.state.params, x_test, y_test)
                     acc_c = self.learner.accuracy(self.params_c, x_test, y_test)
                     row["pot_test_accuracy"] = acc
                     row["centralized_test_accuracy"] = acc_c
@@ -875,19 +729,19 @@ class ProtocolRun:
     def _close(self, writer: TranscriptWriter) -> None:
         """The final model's checkpoint and the signed closing record."""
         if self.config.rounds % self.config.checkpoint_every:
-            writer.append_checkpoint(self._checkpoint_bytes())
+            writer.append_checkpoint(self._checkpoint_bytes(self.state))
         closing = Closing(
             chain_id=self.chain_id,
             genesis=self.genesis_hash,
             rounds=self.counts["committed"],
-            final_params_hash=pytree_digest(self.params, self.learner.spec),
-            ledger_digest=self.ledger.ledger_digest(),
+            final_params_hash=self.state.params_hash,
+            ledger_digest=self.state.ledger.ledger_digest(),
         )
         qc = self._sign(closing.vote_message())
         writer.append(RecordKind.CLOSING, encode_closing_record(closing, qc))
 
     def _summary(self, acc: float, acc_c: float, wall: float) -> ProtocolSummary:
-        ledger = self.ledger
+        ledger = self.state.ledger
         workers = sum(ledger.balance(f"worker:{i}") for i in range(self.config.workers))
         validators = sum(ledger.balance(f"validator:{i}") for i in range(self.config.validators))
         c = self.counts
@@ -897,10 +751,12 @@ class ProtocolRun:
             centralized_accuracy=acc_c,
             accuracy_ratio=acc / acc_c if acc_c else float("nan"),
             byzantine_workers=self.byzantine_workers,
-            cheaters_caught=tuple(sorted(self.banned)),
-            fraud_proofs=len(self.banned),
+            cheaters_caught=tuple(sorted(self.state.banned)),
+            fraud_proofs=c["fraud_proofs"],
+            false_fraud_proofs=c["false_proofs"],
             rejected_gradients=c["rejected"],
-            rejections_by_reason=dict(self.rejections.most_common()),
+            rejections_by_category=dict(sorted(self.rejections.items())),
+            slashed_validators={str(v): f for v, f in sorted(self.slashed.items())},
             wrong_gradients_checked=c["wrong_checked"],
             wrong_gradients_caught=c["wrong_caught"],
             wrong_gradients_accepted_unchecked=c["wrong_accepted"],

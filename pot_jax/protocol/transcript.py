@@ -112,6 +112,9 @@ _CHECKPOINT_REF = struct.Struct(">32sQ")  # SHA-256, size in bytes
 _READ_CHUNK = 1 << 20
 
 
+TRANSCRIPT_NAME = "transcript.log"
+
+
 class RecordKind(enum.IntEnum):
     """Kind tags of the records the protocol writes (other values 1..255 are allowed)."""
 
@@ -122,6 +125,7 @@ class RecordKind(enum.IntEnum):
     CHECKPOINT = 5  # encode_checkpoint_ref(sha256, size) of a CheckpointStore file
     LEDGER = 6  # pot_jax.protocol.ledger.encode_entries(...)
     CLOSING = 7  # pot_jax.protocol.genesis.encode_closing_record(...): the signed end of a run
+    INPUTS = 8  # pot_jax.protocol.messages.RoundInputs: the reports a round is derived from
 
 
 class TranscriptError(ValueError):
@@ -620,3 +624,29 @@ def _file_sha256(path: Path) -> bytes:
         while chunk := f.read(_READ_CHUNK):
             h.update(chunk)
     return h.digest()
+
+
+def encode_qc_record(view: int, seq: int, qc) -> bytes:
+    """Transcript payload of a commit QC: view and sequence, then the QC's own encoding."""
+    return struct.pack(">QQ", view, seq) + qc.encode()
+
+
+def decode_qc_record(payload: bytes):
+    """``(view, seq, QuorumCertificate)`` of a QC record; ValueError if malformed."""
+    from pot_jax.crypto.quorum import QuorumCertificate
+
+    if len(payload) < 16:
+        raise ValueError(f"QC record is {len(payload)} bytes, needs at least 16")
+    view, seq = struct.unpack(">QQ", payload[:16])
+    return view, seq, QuorumCertificate.decode(payload[16:])
+
+
+def encode_fraud_record(prover: int, proof_bytes: bytes) -> bytes:
+    """Transcript payload of a fraud proof: the citing validator's index, then the proof."""
+    return struct.pack(">I", prover) + proof_bytes
+
+
+def decode_fraud_record(payload: bytes) -> tuple[int, bytes]:
+    if len(payload) < 4:
+        raise ValueError(f"fraud-proof record is {len(payload)} bytes, needs at least 4")
+    return struct.unpack(">I", payload[:4])[0], payload[4:]

@@ -9,6 +9,7 @@ Depends on ``pot_jax.learning`` and ``pot_jax.crypto`` only.
 """
 
 from pot_jax.verification.checks import (
+    Category,
     Verdict,
     cheap_checks,
     check_submissions,
@@ -66,6 +67,7 @@ __all__ = [
     "SCHEME_MODES",
     "SCHEME_NAMES",
     "CalibrationStats",
+    "Category",
     "CheckFn",
     "FraudProof",
     "FraudProofDecodeError",

@@ -12,6 +12,7 @@ wrong.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hmac
 import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -25,7 +26,41 @@ from pot_jax.learning.encoding import DIGEST_SIZE, flat_digest, flat_row_bytes
 from pot_jax.verification.context import RoundContext, Submission, batch_digest
 from pot_jax.verification.fraud_proof import MODES, FraudProof, compare_gradients, l2_norm
 
-__all__ = ["Verdict", "cheap_checks", "check_submissions", "combine_verdicts", "recheck"]
+__all__ = [
+    "Category",
+    "Verdict",
+    "cheap_checks",
+    "check_submissions",
+    "combine_verdicts",
+    "recheck",
+]
+
+
+class Category(enum.Enum):
+    """Why a gradient was rejected: one enum for verdicts, records, summaries and the audit.
+
+    The value is the name written in round records, ``summary.json`` and
+    ``metrics.jsonl``; the free-text reason beside it is detail for people.
+    """
+
+    NO_SUBMISSION = "no_submission"  # nothing arrived before the validator reported
+    MALFORMED = "malformed"  # wrong types, slot, index, commitment size, dtype or shape
+    UNREGISTERED_KEY = "unregistered_key"  # signed under a key the genesis does not register
+    BAD_SIGNATURE = "bad_signature"
+    COMMITMENT_MISMATCH = "commitment_mismatch"  # the gradient does not hash to what was signed
+    NON_FINITE = "non_finite"
+    NORM_BOUND = "norm_bound"
+    WRONG_GRADIENT = "wrong_gradient"  # recomputation differs: a fraud proof exists
+    SLASHED = "slashed"  # caught by a fraud proof in an earlier round, excluded for good
+    OTHER = "other"  # a custom scheme rejected it without naming a category
+
+    @classmethod
+    def parse(cls, value: str) -> Category:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(c.value for c in cls)
+            raise ValueError(f"rejection category {value!r}: expected one of {names}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +75,8 @@ class Verdict:
       fraud_proof: set when recomputation showed the signed gradient is wrong.
       recomputed: whether the gradient was recomputed.
       validator: the validator that decided, when known.
+      category: why it was rejected (None when accepted); a rejection built
+        without one counts as ``Category.OTHER`` (see ``rejection``).
     """
 
     worker: int
@@ -48,6 +85,14 @@ class Verdict:
     fraud_proof: FraudProof | None = None
     recomputed: bool = False
     validator: int | None = None
+    category: Category | None = None
+
+    @property
+    def rejection(self) -> Category | None:
+        """The rejection category; None for an accepted gradient."""
+        if self.accepted:
+            return None
+        return self.category if self.category is not None else Category.OTHER
 
 
 def _describe(value: Any) -> str:
@@ -112,8 +157,10 @@ def cheap_checks(
     claimed = _as_worker(getattr(submission, "worker", None))
     who = worker if worker is not None else (claimed if claimed is not None else -1)
 
-    def reject(reason: str) -> Verdict:
-        return Verdict(who, False, f"worker {who}: {reason}", validator=validator)
+    def reject(reason: str, category: Category = Category.MALFORMED) -> Verdict:
+        return Verdict(
+            who, False, f"worker {who}: {reason}", validator=validator, category=category
+        )
 
     if not isinstance(submission, Submission):
         return reject(f"sent {_describe(submission)}, expected a Submission")
@@ -134,7 +181,10 @@ def cheap_checks(
         return reject(f"commitment has {len(commitment)} bytes, expected {DIGEST_SIZE}")
     keys = ctx.worker_public_keys
     if keys is not None and not hmac.compare_digest(fields["public_key"], bytes(keys[claimed])):
-        return reject(f"signed under a key that is not worker {claimed}'s registered key")
+        return reject(
+            f"signed under a key that is not worker {claimed}'s registered key",
+            Category.UNREGISTERED_KEY,
+        )
     message = worker_message(ctx.chain_id, ctx.round, claimed, commitment)
     try:
         signed = bool(scheme.verify(fields["public_key"], message, fields["signature"]))
@@ -143,7 +193,8 @@ def cheap_checks(
     if not signed:
         return reject(
             f"{scheme.name} signature does not verify over (chain id, round {ctx.round}, "
-            f"worker {claimed}, commitment)"
+            f"worker {claimed}, commitment)",
+            Category.BAD_SIGNATURE,
         )
     P = ctx.num_params
     gradient = _as_array(submission.gradient)
@@ -158,14 +209,22 @@ def cheap_checks(
         return reject(f"gradient has shape {gradient.shape}, model expects ({P},)")
     digest = flat_digest(ctx.learner.header, gradient, hash_name=ctx.hash_name)
     if not hmac.compare_digest(digest, commitment):
-        return reject(f"gradient does not hash to its signed commitment ({ctx.hash_name})")
+        return reject(
+            f"gradient does not hash to its signed commitment ({ctx.hash_name})",
+            Category.COMMITMENT_MISMATCH,
+        )
     finite = np.isfinite(gradient)
     if not finite.all():
         bad = int(np.count_nonzero(~finite))
-        return reject(f"gradient holds {bad} non-finite entries (NaN or Inf), expected none")
+        return reject(
+            f"gradient holds {bad} non-finite entries (NaN or Inf), expected none",
+            Category.NON_FINITE,
+        )
     norm = l2_norm(gradient)
     if not norm <= bound:
-        return reject(f"gradient norm {norm:.4g} exceeds the bound {bound:.4g}")
+        return reject(
+            f"gradient norm {norm:.4g} exceeds the bound {bound:.4g}", Category.NORM_BOUND
+        )
     return None
 
 
@@ -224,6 +283,7 @@ def recheck(
         fraud_proof=proof,
         recomputed=True,
         validator=validator,
+        category=Category.WRONG_GRADIENT,
     )
 
 
@@ -249,7 +309,13 @@ def check_submissions(
         submission = submissions.get(w)
         if submission is None:
             verdicts.append(
-                Verdict(w, False, f"worker {w}: sent no gradient this round", validator=validator)
+                Verdict(
+                    w,
+                    False,
+                    f"worker {w}: sent no gradient this round",
+                    validator=validator,
+                    category=Category.NO_SUBMISSION,
+                )
             )
         elif w in chosen:
             verdicts.append(

@@ -5,6 +5,7 @@ before secret keys, the signed genesis and the closing record existed.
 proofs/audit.md states what a passed audit guarantees and cites these tests.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from protocol_tiny import TINY
 from pot_jax.config import ProtocolConfig
 from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, aggregate_votes, sign_vote, vote_message
+from pot_jax.crypto.worker_signatures import worker_signature_scheme
 from pot_jax.protocol.audit import Status, audit
 from pot_jax.protocol.genesis import (
     canonical_json,
@@ -38,9 +40,11 @@ from pot_jax.protocol.ledger import (
     Ledger,
     LedgerConfig,
     RoundRewards,
+    ValidatorFault,
     encode_entries,
     entries_digest,
 )
+from pot_jax.protocol.messages import RoundInputs, encode_proposal
 from pot_jax.protocol.records import RoundRecord
 from pot_jax.protocol.runner import (
     TRANSCRIPT_NAME,
@@ -51,6 +55,7 @@ from pot_jax.protocol.runner import (
 )
 from pot_jax.protocol.transcript import RecordKind, TranscriptReader, TranscriptWriter
 from pot_jax.runinfo import RunDirectoryError
+from pot_jax.verification.fraud_proof import FraudProof
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +83,54 @@ def _sign_all(keys, message):
     )
 
 
+def _resign_inputs(inputs, keys, genesis, config):
+    """The round's reports for ``genesis``, re-signed with ``keys``' report keys.
+
+    Each report's VRF sample is redrawn with ``keys`` (its BLS key is the VRF
+    key), and the forger claims to have recomputed its new sample.
+    """
+    from types import SimpleNamespace
+
+    from pot_jax.verification.schemes import spot_check
+
+    report_keys = keys.validator_report_keys()
+    scheme = worker_signature_scheme("ed25519")
+    sampler = spot_check(config["budget"])
+    reports = []
+    for rep in inputs.reports:
+        ctx = SimpleNamespace(chain_id=rep.chain_id, round=rep.round, n_workers=len(rep.checks))
+        sk = keys.validator_secret_keys[rep.validator]
+        sel = sampler.select(ctx, rep.validator, keys.validator_set.n, sk)
+        checks = tuple(
+            dataclasses.replace(
+                c, recomputed=bool(c.proof) or (c.worker in sel.workers and c.accepted)
+            )
+            for c in rep.checks
+        )
+        unsigned = dataclasses.replace(
+            rep,
+            genesis=genesis,
+            selection=sel.workers,
+            vrf_output=sel.vrf_output,
+            vrf_proof=sel.vrf_proof,
+            checks=checks,
+            signature=b"",
+        )
+        report_sk = report_keys[rep.validator][0]
+        signed = dataclasses.replace(
+            unsigned, signature=scheme.sign(report_sk, unsigned.signing_message())
+        )
+        reports.append(signed)
+    return RoundInputs(tuple(reports), inputs.evidence)
+
+
 def reforge(src, dst, keys, *, genesis_edit=None, record_edit=None, drop_side_files=True):
     """Copy a run, edit its genesis and records, and re-sign everything with ``keys``.
 
-    The ledger entries, the records' ledger digests, every commit QC, the
-    genesis QC and the closing record are re-derived, so only a check that
-    compares the edit with the signed rules (or with a pin) can catch it.
+    The reports (with ``keys``' report keys), the inputs digests, the ledger
+    entries, the records' ledger digests, every commit QC, the genesis QC and
+    the closing record are re-derived, so only a check that compares the edit
+    with the signed rules (or with a pin) can catch it.
     """
     shutil.copytree(src, dst)
     (dst / TRANSCRIPT_NAME).unlink()
@@ -97,6 +144,7 @@ def reforge(src, dst, keys, *, genesis_edit=None, record_edit=None, drop_side_fi
             keys.validator_set.public_keys, keys.validator_set.proofs_of_possession, strict=True
         )
     ]
+    genesis["validator_report_keys"] = [pk.hex() for _, pk in keys.validator_report_keys()]
     if genesis_edit:
         genesis_edit(genesis)
     digest = genesis_digest(genesis)
@@ -108,62 +156,59 @@ def reforge(src, dst, keys, *, genesis_edit=None, record_edit=None, drop_side_fi
         n_workers=config["workers"],
         n_validators=config["validators"],
     )
-    signers, proofs, final_hash, rounds, held_checkpoint = (), [], None, 0, None
+    signers, final_hash, rounds, held = (), None, 0, []
     with TranscriptWriter(dst / TRANSCRIPT_NAME) as writer:
         writer.append(RecordKind.HEADER, canonical_json(header))
         for rec in records[1:]:
             if rec.kind == RecordKind.ROUND:
-                record = RoundRecord.decode(rec.payload)
-                record = record.__class__(**{**record.__dict__, "genesis": digest})
-                if record_edit:
-                    record = record_edit(record)
-                proofs = []
-                pending = record
+                pending = RoundRecord.decode(rec.payload)
+                held = []
             elif rec.kind == RecordKind.QC:
                 view, seq, _ = decode_qc_record(rec.payload)
-                qc_at = (view, seq)
-            elif rec.kind == RecordKind.FRAUD_PROOF:
-                proofs.append(rec.payload)
+            elif rec.kind == RecordKind.INPUTS:
+                inputs = _resign_inputs(RoundInputs.decode(rec.payload), keys, digest, config)
+            elif rec.kind == RecordKind.FRAUD_PROOF or (
+                rec.kind == RecordKind.CHECKPOINT and records[rec.seq - 1].kind == RecordKind.INPUTS
+            ):
+                held.append((rec.kind, rec.payload))  # theta_r and the proofs, kept in order
             elif rec.kind == RecordKind.LEDGER:
-                refs = []
-                for payload in proofs:
-                    prover, proof_bytes = decode_fraud_record(payload)
-                    from pot_jax.verification.fraud_proof import FraudProof
-
-                    refs.append(FraudProofRef(prover, FraudProof.decode(proof_bytes).worker))
-                r = pending.round
+                provers = {}
+                for kind, payload in held:
+                    if kind == RecordKind.FRAUD_PROOF:
+                        prover, proof_bytes = decode_fraud_record(payload)
+                        worker = FraudProof.decode(proof_bytes).worker
+                        provers.setdefault(worker, set()).add(prover)
+                record = dataclasses.replace(pending, genesis=digest, inputs_digest=inputs.digest())
+                if record_edit:
+                    record = record_edit(record)
+                r = record.round
                 ledger = ledger.apply_round(
                     RoundRewards(
                         r,
-                        tuple(Contribution(a.worker, a.examples) for a in pending.accepted),
+                        tuple(Contribution(a.worker, a.examples) for a in record.accepted),
                         signers,
-                        tuple(refs),
+                        tuple(
+                            FraudProofRef(v, w) for w in sorted(provers) for v in sorted(provers[w])
+                        ),
+                        tuple(ValidatorFault(x.validator, x.fault) for x in record.slashed),
                     )
                 )
                 entries = ledger.round_entries(r)
-                pending = pending.__class__(
-                    **{**pending.__dict__, "ledger_digest": entries_digest(entries)}
-                )
-                value = pending.encode()
-                view, seq = qc_at
+                record = dataclasses.replace(record, ledger_digest=entries_digest(entries))
+                value = encode_proposal(record.encode(), inputs.encode())
                 qc = _sign_all(
                     keys, vote_message(chain_id, "commit", view, seq, value_digest(value))
                 )
                 signers = qc.signer_indices()
-                writer.append(RecordKind.ROUND, value)
+                writer.append(RecordKind.ROUND, record.encode())
                 writer.append(RecordKind.QC, encode_qc_record(view, seq, qc))
-                if proofs:
-                    writer.append(RecordKind.CHECKPOINT, held_checkpoint)
-                for payload in proofs:
-                    writer.append(RecordKind.FRAUD_PROOF, payload)
+                writer.append(RecordKind.INPUTS, inputs.encode())
+                for kind, payload in held:
+                    writer.append(kind, payload)
                 writer.append(RecordKind.LEDGER, encode_entries(entries))
-                final_hash, rounds = pending.new_params_hash, r + 1
-                continue
+                final_hash, rounds = record.new_params_hash, r + 1
             elif rec.kind == RecordKind.CHECKPOINT:
-                if records[rec.seq - 1].kind == RecordKind.QC:
-                    held_checkpoint = rec.payload  # the input model, written with the proofs
-                else:
-                    writer.append(rec.kind, rec.payload)
+                writer.append(rec.kind, rec.payload)
             elif rec.kind == RecordKind.CLOSING:
                 closing, _ = decode_closing_record(rec.payload)
                 closing = closing.__class__(
@@ -550,24 +595,31 @@ def test_moving_reward_through_the_examples_field_fails_the_audit(run, keys, tmp
 
     forged = reforge(run_dir, tmp_path / "forged", keys, record_edit=edit)
     report = audit(forged)
-    assert report.status is Status.FAILED and "examples" in report.reason
+    assert report.status is Status.FAILED and "does not re-derive" in report.reason
+    assert "accepted" in report.reason
 
 
 def _framing_run(tmp_path, keys, monkeypatch, *, tamper_gradient=False):
-    """A committee that accepts a false fraud proof against honest worker 2 in round 3."""
+    """A committee that accepts a false fraud proof against honest worker 2 in round 3.
+
+    Every validator cites the forged proof and every validator's judgement
+    is patched to believe it: the colluding committee commits the frame.
+    """
     import numpy as np
 
-    import pot_jax.protocol.runner as runner
-    from pot_jax.verification.checks import Verdict
-    from pot_jax.verification.fraud_proof import FraudProof, batch_digest
+    import pot_jax.protocol.roles as roles
+    import pot_jax.protocol.round as round_module
+    from pot_jax.protocol.messages import Check, ReportMessage
+    from pot_jax.verification.fraud_proof import batch_digest
 
-    original = runner.Validator.verify
+    original = roles.Validator.report
 
-    def framing_verify(self, scheme, ctx, submissions, n_validators):
-        selection, verdicts = original(self, scheme, ctx, submissions, n_validators)
-        if ctx.round != 3 or 2 not in submissions:
-            return selection, verdicts
-        sub = submissions[2]
+    def framing_report(self):
+        message = original(self)
+        sub = self.submissions.get(2)
+        if self.state.round != 3 or sub is None:
+            return message
+        ctx = self.context()
         gradient = np.asarray(sub.gradient, np.float32).copy()
         if tamper_gradient:
             gradient[0] += 1.0  # no longer what the commitment signs
@@ -585,14 +637,18 @@ def _framing_run(tmp_path, keys, monkeypatch, *, tamper_gradient=False):
             batch_digest=batch_digest(x_B, y_B),
             mode="bitwise",
             threshold=0.0,
+        ).encode()
+        checks = list(message.report.checks)
+        checks[2] = Check(2, sub.commitment, "wrong_gradient", True, hashlib.sha256(proof).digest())
+        unsigned = dataclasses.replace(message.report, checks=tuple(checks), signature=b"")
+        report = dataclasses.replace(
+            unsigned,
+            signature=self.rules.report_scheme.sign(self.report_sk, unsigned.signing_message()),
         )
-        forged = Verdict(
-            2, False, "worker 2: gradient is wrong: framed", fraud_proof=proof, validator=self.index
-        )
-        return selection, [forged if v.worker == 2 else v for v in verdicts]
+        return ReportMessage(report, (*message.proofs, proof))
 
-    monkeypatch.setattr(runner.Validator, "verify", framing_verify)
-    monkeypatch.setattr(runner, "verify_fraud_proof", lambda *a, **k: True)
+    monkeypatch.setattr(roles.Validator, "report", framing_report)
+    monkeypatch.setattr(round_module, "_proof_holds", lambda *a, **k: True)
     config = ProtocolConfig(
         **{**TINY, "rounds": 6}, byzantine_fraction=0.0, run_dir=str(tmp_path / "framed")
     )

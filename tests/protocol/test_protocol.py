@@ -17,7 +17,7 @@ import pytest
 from protocol_tiny import TINY
 
 from pot_jax.config import ProtocolConfig
-from pot_jax.protocol.audit import Status, audit
+from pot_jax.protocol.audit import AuditUsageError, Status, audit
 from pot_jax.protocol.runner import (
     TRANSCRIPT_NAME,
     decode_qc_record,
@@ -261,9 +261,10 @@ def test_a_custom_scheme_from_the_readme_runs_in_the_protocol(tmp_path):
     summary = run_protocol(config, scheme=scheme)
     assert summary.cheaters_caught == summary.byzantine_workers  # scaled gradients stand out
     assert summary.honest_workers_slashed == 0
-    report = audit(tmp_path)  # every check but re-execution, which says why not
-    assert report.ok, str(report)
-    assert "re-execution (custom verification scheme" in str(report)
+    with pytest.raises(AuditUsageError, match="pass the scheme object"):
+        audit(tmp_path)  # selections and proofs cannot be judged without the scheme
+    report = audit(tmp_path, scheme=scheme, recompute="all")
+    assert report.ok and report.reexecuted == 3, str(report)
 
 
 def test_tolerance_mode_calibrates_rejects_no_honest_worker_and_catches_cheaters(tmp_path):
