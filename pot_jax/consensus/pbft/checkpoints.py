@@ -40,7 +40,7 @@ class Checkpoints(StepContext):
         sig = self.sign(CHECKPOINT, 0, s, digest)
         if sig is None:
             return
-        self.t.wi("checkpoint_votes", s)[self.me] = VoteRecord(digest, sig, True)
+        self.state.checkpoint_votes.inner(s)[self.me] = VoteRecord(digest, sig, True)
         vote = encode_message(Vote(CHECKPOINT, 0, s, digest, self.me, sig))
         if self.c.pattern == ALL_TO_ALL:
             self.broadcast(vote)
@@ -53,7 +53,7 @@ class Checkpoints(StepContext):
         commitment): a lost checkpoint vote must not leave the window full forever.
         Linear pattern: to ``collector`` (default: the current primary)."""
         k = self.c.checkpoint_interval
-        signed = self.t.get("signed")
+        signed = self.state.signed
         for s in range(self.low + k, self.last_executed + 1, k):
             digest = signed.get((CHECKPOINT, 0, s))
             sig = None if digest is None else self.sign(CHECKPOINT, 0, s, digest)
@@ -79,18 +79,26 @@ class Checkpoints(StepContext):
                 f"checkpoint for seq {s} (interval {self.c.checkpoint_interval}, high {self.high})",
             )
             return
-        rec = self.t.get("checkpoint_votes").get(s, EMPTY).get(m.signer)
+        rec = self.state.checkpoint_votes.get(s, EMPTY).get(m.signer)
         if rec is not None:
             if rec.digest == m.digest:
                 self.drop("duplicate", f"checkpoint vote from {m.signer} for seq {s}")
             else:
-                self.conflicting_vote("checkpoint_votes", s, m.signer, rec, m.digest, m.signature)
+                self.conflicting_vote(
+                    self.state.checkpoint_votes,
+                    s,
+                    (CHECKPOINT, 0, s),
+                    m.signer,
+                    rec,
+                    m.digest,
+                    m.signature,
+                )
             return
-        self.t.wi("checkpoint_votes", s)[m.signer] = VoteRecord(m.digest, m.signature, False)
+        self.state.checkpoint_votes.inner(s)[m.signer] = VoteRecord(m.digest, m.signature, False)
         self.check_stable(s)
 
     def check_stable(self, s: int) -> None:
-        slot = self.t.get("checkpoint_votes").get(s, EMPTY)
+        slot = self.state.checkpoint_votes.get(s, EMPTY)
         counts: dict[bytes, int] = {}
         for r in slot.values():
             counts[r.digest] = counts.get(r.digest, 0) + 1
@@ -98,7 +106,7 @@ class Checkpoints(StepContext):
             if count < self.c.quorum:
                 continue
             votes = self.quorum_votes(
-                "checkpoint_votes", s, self.msg(CHECKPOINT, 0, s, digest), digest
+                self.state.checkpoint_votes, s, self.msg(CHECKPOINT, 0, s, digest), digest
             )
             if votes is None:
                 continue
@@ -116,35 +124,22 @@ class Checkpoints(StepContext):
         s = cp.seq
         if s <= self.low:
             return
-        self.t.set("stable", cp)
-        for name in ("preprepares", "certs"):
-            kept = {k: x for k, x in self.t.get(name).items() if k[-1] > s}
-            self.t.set(name, kept)
-            self.t.copied.add(name)
-        self.t.set("votes", {k: x for k, x in self.t.get("votes").items() if k[2] > s})
-        self.t.copied.add("votes")
-        self.t.copied = {
-            c
-            for c in self.t.copied
-            if not (isinstance(c, tuple) and c[0] in ("votes", "checkpoint_votes"))
-        }
-        self.t.set("prepared", {k: x for k, x in self.t.get("prepared").items() if k > s})
-        self.t.copied.add("prepared")
-        self.t.set(
-            "checkpoint_votes", {k: x for k, x in self.t.get("checkpoint_votes").items() if k > s}
-        )
-        self.t.copied.add("checkpoint_votes")
-        self.t.set(
-            "signed",
+        st = self.state
+        st.stable = cp
+        st.preprepares.replace({k: x for k, x in st.preprepares.items() if k[-1] > s})
+        st.certs.replace({k: x for k, x in st.certs.items() if k[-1] > s})
+        st.votes.replace({k: x for k, x in st.votes.items() if k[2] > s})
+        st.prepared.replace({k: x for k, x in st.prepared.items() if k > s})
+        st.checkpoint_votes.replace({k: x for k, x in st.checkpoint_votes.items() if k > s})
+        st.signed.replace(
             {
                 k: x
-                for k, x in self.t.get("signed").items()
+                for k, x in st.signed.items()
                 if k[0] == VIEW_CHANGE and k[1] >= self.view or k[0] != VIEW_CHANGE and k[2] > s
-            },
+            }
         )
-        self.t.copied.add("signed")
         if s > self.last_executed:
-            self.t.set("fetch_target", max(self.t.get("fetch_target"), s))
+            self.state.fetch_target = max(self.state.fetch_target, s)
             peers = list(cp.votes) if cp.votes is not None else list(cp.qc.signer_indices())
             if src is not None:
                 peers = [src]
@@ -153,7 +148,7 @@ class Checkpoints(StepContext):
 
     def fetch(self, peers: list[int]) -> None:
         start = self.last_executed + 1
-        self.t.set("fetch_next", start + self.c.fetch_batch - 1)
+        self.state.fetch_next = start + self.c.fetch_batch - 1
         data = encode_message(Fetch(start))
         for p in peers:
             self.send(p, data)
@@ -162,17 +157,17 @@ class Checkpoints(StepContext):
         if m.from_seq < 1:
             self.drop("malformed", f"fetch from sequence {m.from_seq}, expected >= 1")
             return
-        if self.t.get("recovery_round"):
-            self.t.set("recovery_heard", self.t.get("recovery_heard") | {src})
+        if self.state.recovery_round:
+            self.state.recovery_heard |= {src}
         elif m.from_seq - 1 > self.last_executed:
             self.fetch([src])  # a fetch says where its sender is: ahead of us, so ask it
-        stable = self.t.get("stable")
+        stable = self.state.stable
         if 0 < stable.seq and stable.seq >= m.from_seq - 1:
             # The asker may lack this checkpoint's certificate (a lost QC broadcast, or
             # votes that never reached it): with it, it can move its window.
             if stable.qc is None:
                 stable = dataclasses.replace(stable, qc=self.qc_of(stable), votes=None)
-                self.t.set("stable", stable)
+                self.state.stable = stable
             self.send(
                 src, encode_message(Cert(CHECKPOINT, 0, stable.seq, stable.digest, stable.qc))
             )
@@ -185,20 +180,20 @@ class Checkpoints(StepContext):
         if m.status:
             # Where we are: our position, and the NEW-VIEW of our view for one left behind.
             self.send(src, encode_message(Fetch(self.last_executed + 1)))
-            if self.t.get("last_new_view") is not None:
-                self.send(src, self.t.get("last_new_view"))
+            if self.state.last_new_view is not None:
+                self.send(src, self.state.last_new_view)
 
     def decision_proof(self, s: int) -> bytes:
         """``Decided`` for executed sequence ``s``, its votes aggregated into a QC once."""
-        c = self.t.get("ledger")[s]
+        c = self.state.ledger[s]
         if c.qc is None:
             c = dataclasses.replace(c, qc=self.qc_of(c), votes=None)
-            self.t.w("ledger")[s] = c
+            self.state.ledger[s] = c
         return encode_message(Decided(s, c.view, c.value, c.qc))
 
     def on_decided(self, src: int, m: Decided) -> None:
         s = m.seq
-        if s <= self.last_executed or s in self.t.get("committed"):
+        if s <= self.last_executed or s in self.state.committed:
             self.drop("late", f"decision proof for seq {s}, already committed")
             return
         if not self.value_ok(m.value):
@@ -207,22 +202,22 @@ class Checkpoints(StepContext):
         if not self.r.verifier.verify_qc(self.msg(COMMIT, m.view, s, d), m.qc, self.c.quorum):
             self.drop("bad-qc", f"commit QC in decision proof for seq {s} does not verify")
             return
-        target = max(self.t.get("fetch_target"), s)
-        self.t.set("fetch_target", target)
+        target = max(self.state.fetch_target, s)
+        self.state.fetch_target = target
         if s <= self.last_executed + 4 * self.c.window + self.c.fetch_batch:
             self.commit(s, Certified(m.view, d, m.value, None, m.qc))
         # else: too far ahead to hold, but it proves how far to fetch.
-        if self.last_executed < target and self.last_executed >= self.t.get("fetch_next"):
+        if self.last_executed < target and self.last_executed >= self.state.fetch_next:
             self.fetch([src])
 
     def start_recovery_round(self) -> None:
         """Ask every peer where it is and for the decisions after ours (a status round)."""
-        k = self.t.get("recovery_round") + 1
-        self.t.set("recovery_round", k)
-        self.t.set("recovery_heard", frozenset())
-        self.t.set("recovery_mark", self.last_executed)
+        k = self.state.recovery_round + 1
+        self.state.recovery_round = k
+        self.state.recovery_heard = frozenset()
+        self.state.recovery_mark = self.last_executed
         start = self.last_executed + 1
-        self.t.set("fetch_next", start + self.c.fetch_batch - 1)
+        self.state.fetch_next = start + self.c.fetch_batch - 1
         self.broadcast(encode_message(Fetch(start, status=True)))
         exponent = min(k - 1, self.c.max_backoff_exponent)
         self.set_timer(RECOVERY_TIMER, self.c.request_timeout * (2**exponent))
@@ -232,13 +227,13 @@ class Checkpoints(StepContext):
         nothing was learned; else ask again. The first round may race with decisions
         that messages lost while the replica was down were completing."""
         quiet = (
-            self.t.get("recovery_round") >= 2
-            and len(self.t.get("recovery_heard")) >= self.c.quorum - 1
-            and self.last_executed == self.t.get("recovery_mark")
-            and self.last_executed >= self.t.get("fetch_target")
+            self.state.recovery_round >= 2
+            and len(self.state.recovery_heard) >= self.c.quorum - 1
+            and self.last_executed == self.state.recovery_mark
+            and self.last_executed >= self.state.fetch_target
         )
         if quiet:
-            self.t.set("recovery_round", 0)
-            self.t.set("recovery_heard", frozenset())
+            self.state.recovery_round = 0
+            self.state.recovery_heard = frozenset()
         else:
             self.start_recovery_round()

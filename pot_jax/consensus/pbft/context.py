@@ -14,7 +14,7 @@ from pot_jax.crypto.quorum import QuorumCertificate, aggregate_votes, sign_vote,
 
 from ..evidence import EquivocationEvidence
 from .config import Replica
-from .draft import _Tx
+from .draft import Draft
 from .events import Decision, Dropped, Send, SetTimer, StepResult
 from .state import Certified, ReplicaState, StableCheckpoint
 
@@ -28,7 +28,7 @@ class StepContext:
         self.r = replica
         self.c = replica.config
         self.me = replica.index
-        self.t = _Tx(state)
+        self.state = Draft(state)  # the new state, built by this step
         self.sends: list[Send] = []
         self.timers: list[SetTimer] = []
         self.decisions: list[Decision] = []
@@ -39,7 +39,7 @@ class StepContext:
 
     def result(self) -> StepResult:
         return StepResult(
-            self.t.finish(),
+            self.state.finish(),
             tuple(self.sends),
             tuple(self.timers),
             tuple(self.decisions),
@@ -51,15 +51,15 @@ class StepContext:
 
     @property
     def view(self) -> int:
-        return self.t.get("view")
+        return self.state.view
 
     @property
     def active(self) -> bool:
-        return self.t.get("active")
+        return self.state.active
 
     @property
     def low(self) -> int:
-        return self.t.get("stable").seq
+        return self.state.stable.seq
 
     @property
     def high(self) -> int:
@@ -67,7 +67,7 @@ class StepContext:
 
     @property
     def last_executed(self) -> int:
-        return self.t.get("last_executed")
+        return self.state.last_executed
 
     def in_window(self, seq: int) -> bool:
         return self.low < seq <= self.high
@@ -82,19 +82,19 @@ class StepContext:
         return vote_message(self.c.chain_id, kind, view, seq, digest)
 
     def set_timer(self, name: str, delay: float) -> None:
-        token = self.t.get("timer_counter") + 1
-        self.t.set("timer_counter", token)
-        self.t.w("timers")[name] = token
+        token = self.state.timer_counter + 1
+        self.state.timer_counter = token
+        self.state.timers[name] = token
         self.timers.append(SetTimer(name, delay, token))
 
     def cancel_timer(self, name: str) -> None:
-        if name in self.t.get("timers"):
-            del self.t.w("timers")[name]
+        if name in self.state.timers:
+            del self.state.timers[name]
 
     def sign(self, kind: str, view: int, seq: int, digest: bytes) -> bytes | None:
         """Sign a vote after recording it durably; refuse a second digest for one slot."""
         key = (kind, view, seq)
-        previous = self.t.get("signed").get(key)
+        previous = self.state.signed.get(key)
         if previous is not None and previous != digest:
             log.warning(
                 "replica %d refuses to sign %s for view %d seq %d: already signed another digest",
@@ -105,7 +105,7 @@ class StepContext:
             )
             return None
         if previous is None:
-            self.t.w("signed")[key] = digest
+            self.state.signed[key] = digest
         return sign_vote(self.r.secret_key, self.msg(kind, view, seq, digest))
 
     def qc_of(self, cert: Certified | StableCheckpoint) -> QuorumCertificate:
@@ -127,13 +127,13 @@ class StepContext:
         if view > self.view or (need_active and not self.active):
             if data is None:
                 return False
-            future = self.t.get("future")
+            future = self.state.future
             from_src = sum(1 for _, s, _ in future if s == self.src)
             if len(future) >= self.c.future_buffer or from_src >= max(
                 4, self.c.future_buffer // self.c.n
             ):
                 self.drop("future-buffer-full", f"message for view {view} while in {self.view}")
                 return False
-            self.t.set("future", (*future, (view, self.src, data)))
+            self.state.future = (*future, (view, self.src, data))
             return False
         return True

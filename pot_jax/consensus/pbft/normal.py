@@ -48,9 +48,9 @@ class NormalCase(StepContext):
             self.drop("app-rejected", "the application check rejected the submitted value")
             return
         d = value_digest(value)
-        if d in self.t.get("decided_digests") or d in self.t.get("pending"):
+        if d in self.state.decided_digests or d in self.state.pending:
             return
-        self.t.w("pending")[d] = value
+        self.state.pending[d] = value
         self.arm_request_timer()
         self.propose()
 
@@ -73,7 +73,7 @@ class NormalCase(StepContext):
         if not self.value_ok(m.value):
             return
         d = m.digest
-        existing = self.t.get("preprepares").get((v, s))
+        existing = self.state.preprepares.get((v, s))
         if existing is not None:
             if existing.digest == d:
                 self.drop("duplicate", f"pre-prepare for view {v} seq {s} already received")
@@ -93,20 +93,20 @@ class NormalCase(StepContext):
         ):
             self.drop("bad-signature", f"pre-prepare for view {v} seq {s} not signed by {primary}")
             return
-        decided = self.t.get("ledger").get(s)
+        decided = self.state.ledger.get(s)
         if decided is not None and decided.digest != d:
             self.drop("conflicts-decided", f"pre-prepare for seq {s} conflicts with its decision")
             return
         if m.value is not None and self.me != primary and not self.c.validate(m.value):
             self.drop("app-rejected", f"application check rejected the value for seq {s}")
             return
-        self.t.w("preprepares")[(v, s)] = PendingPrePrepare(d, m.value, m.signature)
-        self.t.wi("votes", (PREPARE, v, s))[primary] = VoteRecord(d, m.signature, True)
+        self.state.preprepares[(v, s)] = PendingPrePrepare(d, m.value, m.signature)
+        self.state.votes.inner((PREPARE, v, s))[primary] = VoteRecord(d, m.signature, True)
         if self.me != primary:
             sig = self.sign(PREPARE, v, s, d)
             if sig is None:
                 return
-            self.t.wi("votes", (PREPARE, v, s))[self.me] = VoteRecord(d, sig, True)
+            self.state.votes.inner((PREPARE, v, s))[self.me] = VoteRecord(d, sig, True)
             vote = encode_message(Vote(PREPARE, v, s, d, self.me, sig))
             if self.c.pattern == ALL_TO_ALL:
                 self.broadcast(vote)
@@ -121,9 +121,9 @@ class NormalCase(StepContext):
         re-proposal of it in a new view, so that replicas behind it can commit.
         """
         if kind == PREPARE:
-            p = self.t.get("prepared").get(s)
+            p = self.state.prepared.get(s)
             return p is not None and p.view == v
-        return s <= self.last_executed or s in self.t.get("committed")
+        return s <= self.last_executed or s in self.state.committed
 
     def on_vote(self, m: Vote, data: bytes) -> None:
         v, s = m.view, m.seq
@@ -136,29 +136,31 @@ class NormalCase(StepContext):
             self.drop("not-collector", f"{m.kind} vote sent to {self.me}, collector is the primary")
             return
         key = (m.kind, v, s)
-        rec = self.t.get("votes").get(key, EMPTY).get(m.signer)
+        rec = self.state.votes.get(key, EMPTY).get(m.signer)
         if rec is not None:
             if rec.digest == m.digest:
                 self.drop("duplicate", f"{m.kind} vote from {m.signer} for seq {s} already counted")
             else:
-                self.conflicting_vote("votes", key, m.signer, rec, m.digest, m.signature)
+                self.conflicting_vote(
+                    self.state.votes, key, key, m.signer, rec, m.digest, m.signature
+                )
             return
         if self.phase_complete(m.kind, v, s):
             # Kept (unverified, never counted) so that a conflicting vote from the same
             # signer still yields equivocation evidence.
-            self.t.wi("votes", key)[m.signer] = VoteRecord(m.digest, m.signature, False)
+            self.state.votes.inner(key)[m.signer] = VoteRecord(m.digest, m.signature, False)
             self.drop("late", f"{m.kind} for seq {s} after its quorum formed")
             return
         verified = False
-        if m.signer in self.t.get("suspects"):
+        if m.signer in self.state.suspects:
             if not self.r.verifier.verify_vote(
                 m.signer, self.msg(m.kind, v, s, m.digest), m.signature
             ):
                 self.drop("bad-signature", f"{m.kind} vote from {m.signer} does not verify")
                 return
             verified = True
-        self.t.wi("votes", key)[m.signer] = VoteRecord(m.digest, m.signature, verified)
-        if m.kind == COMMIT and (v, s) not in self.t.get("preprepares"):
+        self.state.votes.inner(key)[m.signer] = VoteRecord(m.digest, m.signature, verified)
+        if m.kind == COMMIT and (v, s) not in self.state.preprepares:
             self.decided_unseen(v, s, m.digest)
             return
         self.advance(v, s)
@@ -167,19 +169,22 @@ class NormalCase(StepContext):
         """q commit votes for a proposal this replica never received (lost while it was
         down, say): s is decided, so catch up by status rounds instead of waiting for
         traffic that may never come (the linear pattern fetches on the commit QC)."""
-        if s <= self.t.get("fetch_target"):
+        if s <= self.state.fetch_target:
             return
-        if self.quorum_votes("votes", (COMMIT, v, s), self.msg(COMMIT, v, s, d), d) is None:
+        if (
+            self.quorum_votes(self.state.votes, (COMMIT, v, s), self.msg(COMMIT, v, s, d), d)
+            is None
+        ):
             return
-        self.t.set("fetch_target", s)
-        if not self.t.get("recovery_round"):
+        self.state.fetch_target = s
+        if not self.state.recovery_round:
             self.start_recovery_round()
 
     def advance(self, v: int, s: int) -> None:
         """Move (v, s) through prepared and committed as far as the collected evidence allows."""
         if v != self.view or not self.active:
             return
-        pp = self.t.get("preprepares").get((v, s))
+        pp = self.state.preprepares.get((v, s))
         if pp is None:
             return
         d, value = pp.digest, pp.value
@@ -187,7 +192,9 @@ class NormalCase(StepContext):
         linear = self.c.pattern == LINEAR
         if not linear or self.me == primary:
             if not self.phase_complete(PREPARE, v, s):
-                votes = self.quorum_votes("votes", (PREPARE, v, s), self.msg(PREPARE, v, s, d), d)
+                votes = self.quorum_votes(
+                    self.state.votes, (PREPARE, v, s), self.msg(PREPARE, v, s, d), d
+                )
                 if votes is None:
                     return
                 if linear:
@@ -199,11 +206,13 @@ class NormalCase(StepContext):
                 sig = self.sign(COMMIT, v, s, d)
                 if sig is None:
                     return
-                self.t.wi("votes", (COMMIT, v, s))[self.me] = VoteRecord(d, sig, True)
+                self.state.votes.inner((COMMIT, v, s))[self.me] = VoteRecord(d, sig, True)
                 if not linear:
                     self.broadcast(encode_message(Vote(COMMIT, v, s, d, self.me, sig)))
             if not self.phase_complete(COMMIT, v, s):
-                votes = self.quorum_votes("votes", (COMMIT, v, s), self.msg(COMMIT, v, s, d), d)
+                votes = self.quorum_votes(
+                    self.state.votes, (COMMIT, v, s), self.msg(COMMIT, v, s, d), d
+                )
                 if votes is None:
                     return
                 if linear:
@@ -213,7 +222,7 @@ class NormalCase(StepContext):
                 else:
                     self.commit(s, Certified(v, d, value, votes, None))
             return
-        certs = self.t.get("certs")
+        certs = self.state.certs
         cert = certs.get((PREPARE, v, s))
         if cert is not None and cert[0] == d and not self.phase_complete(PREPARE, v, s):
             self.set_prepared(s, Certified(v, d, value, None, cert[1]))
@@ -225,44 +234,44 @@ class NormalCase(StepContext):
             self.commit(s, Certified(v, d, value, None, cert[1]))
 
     def set_prepared(self, s: int, cert: Certified) -> None:
-        self.t.w("prepared")[s] = cert
+        self.state.prepared[s] = cert
 
     def commit(self, s: int, cert: Certified) -> None:
-        if s <= self.last_executed or s in self.t.get("committed"):
+        if s <= self.last_executed or s in self.state.committed:
             return
-        self.t.w("committed")[s] = cert
+        self.state.committed[s] = cert
         self.execute()
 
     def execute(self) -> None:
-        committed = self.t.get("committed")
+        committed = self.state.committed
         progressed = False
         while self.last_executed + 1 in committed:
             s = self.last_executed + 1
-            c = self.t.w("committed").pop(s)
-            committed = self.t.get("committed")
-            self.t.w("ledger")[s] = c
-            self.t.set("last_executed", s)
+            c = self.state.committed.pop(s)
+            committed = self.state.committed
+            self.state.ledger[s] = c
+            self.state.last_executed = s
             digest = hashlib.sha256(
-                self.t.get("state_digest") + struct.pack(">Q", s) + c.digest
+                self.state.state_digest + struct.pack(">Q", s) + c.digest
             ).digest()
-            self.t.set("state_digest", digest)
+            self.state.state_digest = digest
             self.decisions.append(Decision(s, c.view, c.digest, c.value))
-            if c.digest in self.t.get("pending"):
-                del self.t.w("pending")[c.digest]
-            self.t.w("decided_digests")[c.digest] = s
+            if c.digest in self.state.pending:
+                del self.state.pending[c.digest]
+            self.state.decided_digests[c.digest] = s
             if s % self.c.checkpoint_interval == 0:
                 self.checkpoint(s, digest)
             progressed = True
         if not progressed:
             return
-        self.t.set("vc_attempts", 0)
-        self.t.set("fetch_tried", False)
+        self.state.vc_attempts = 0
+        self.state.fetch_tried = False
         self.cancel_timer(REQUEST_TIMER)
         self.arm_request_timer()
         self.propose()
 
     def arm_request_timer(self) -> None:
-        if self.active and self.t.get("pending") and REQUEST_TIMER not in self.t.get("timers"):
+        if self.active and self.state.pending and REQUEST_TIMER not in self.state.timers:
             self.set_timer(REQUEST_TIMER, self.c.request_timeout)
 
     def propose(self) -> None:
@@ -270,19 +279,19 @@ class NormalCase(StepContext):
         v = self.view
         if not self.active or self.c.primary(v) != self.me:
             return
-        for d, value in list(self.t.get("pending").items()):
-            s = max(self.t.get("next_seq"), self.last_executed + 1)
+        for d, value in list(self.state.pending.items()):
+            s = max(self.state.next_seq, self.last_executed + 1)
             if s > self.high:
                 return
-            if d in self.t.get("proposed") or d in self.t.get("decided_digests"):
+            if d in self.state.proposed or d in self.state.decided_digests:
                 continue
-            self.t.set("next_seq", s + 1)
+            self.state.next_seq = s + 1
             sig = self.sign(PREPARE, v, s, d)
             if sig is None:
                 continue
-            self.t.w("proposed")[d] = s
-            self.t.w("preprepares")[(v, s)] = PendingPrePrepare(d, value, sig)
-            self.t.wi("votes", (PREPARE, v, s))[self.me] = VoteRecord(d, sig, True)
+            self.state.proposed[d] = s
+            self.state.preprepares[(v, s)] = PendingPrePrepare(d, value, sig)
+            self.state.votes.inner((PREPARE, v, s))[self.me] = VoteRecord(d, sig, True)
             self.broadcast(encode_message(PrePrepare(v, s, value, sig)))
             self.advance(v, s)
 
@@ -303,7 +312,7 @@ class NormalCase(StepContext):
             return
         v, s = m.view, m.seq
         if m.kind == COMMIT:
-            if s <= self.last_executed or s in self.t.get("committed"):
+            if s <= self.last_executed or s in self.state.committed:
                 self.drop("late", f"commit cert for seq {s}, already committed")
                 return
             if s > self.high:
@@ -312,16 +321,16 @@ class NormalCase(StepContext):
             if not self.r.verifier.verify_qc(self.msg(COMMIT, v, s, m.digest), m.qc, self.c.quorum):
                 self.drop("bad-qc", f"commit QC for view {v} seq {s} does not verify")
                 return
-            pp = self.t.get("preprepares").get((v, s))
+            pp = self.state.preprepares.get((v, s))
             if pp is not None and pp.digest == m.digest:
-                self.t.w("certs")[(COMMIT, v, s)] = (m.digest, m.qc)
+                self.state.certs[(COMMIT, v, s)] = (m.digest, m.qc)
                 if v == self.view and self.active:
                     self.advance(v, s)
                 else:
                     self.commit(s, Certified(v, m.digest, pp.value, None, m.qc))
                 return
             # Decided, but we lack the value: fetch it (state transfer).
-            self.t.set("fetch_target", max(self.t.get("fetch_target"), s))
+            self.state.fetch_target = max(self.state.fetch_target, s)
             self.fetch([src])
             return
         if not self.gate_view(v, data):
@@ -329,12 +338,12 @@ class NormalCase(StepContext):
         if not self.in_window(s):
             self.drop("out-of-window", f"sequence {s} outside ({self.low}, {self.high}]")
             return
-        existing = self.t.get("certs").get((PREPARE, v, s))
+        existing = self.state.certs.get((PREPARE, v, s))
         if existing is not None:
             self.drop("duplicate", f"prepare cert for view {v} seq {s} already held")
             return
         if not self.r.verifier.verify_qc(self.msg(PREPARE, v, s, m.digest), m.qc, self.c.quorum):
             self.drop("bad-qc", f"prepare QC for view {v} seq {s} does not verify")
             return
-        self.t.w("certs")[(PREPARE, v, s)] = (m.digest, m.qc)
+        self.state.certs[(PREPARE, v, s)] = (m.digest, m.qc)
         self.advance(v, s)

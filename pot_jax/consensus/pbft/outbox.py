@@ -33,47 +33,47 @@ class Outbox(StepContext):
             return
         if dest == self.me:
             return
-        self.t.set("outbox", (*self.t.get("outbox"), (dest, data)))
+        self.state.outbox = (*self.state.outbox, (dest, data))
 
     def with_held(self, dest: int | None, data: bytes) -> bytes:
         """``data``, bundled after the held messages for the same destination, if any."""
-        outbox = self.t.get("outbox")
+        outbox = self.state.outbox
         if not outbox:
             return data
         mine = [x for x in outbox if x[0] == dest]
         if not mine:
             return data
         carried, rest = mine[: MAX_BUNDLE_PARTS - 1], mine[MAX_BUNDLE_PARTS - 1 :]
-        self.t.set("outbox", tuple(x for x in outbox if x[0] != dest) + tuple(rest))
+        self.state.outbox = tuple(x for x in outbox if x[0] != dest) + tuple(rest)
         return encode_message(Bundle((*(d for _, d in carried), data)))
 
     def carrier_expected(self) -> bool:
         """A message to the primary, or from it, will soon go out anyway."""
         if not self.active:
             return False
-        if self.t.get("pending"):
+        if self.state.pending:
             return True
         done = self.last_executed
-        committed = self.t.get("committed")
+        committed = self.state.committed
         return any(
-            v == self.view and s > done and s not in committed for v, s in self.t.get("preprepares")
+            v == self.view and s > done and s not in committed for v, s in self.state.preprepares
         )
 
     def settle_outbox(self) -> None:
         """At the end of a step: keep held messages only while a carrier is expected."""
-        if not self.t.get("outbox"):
-            if FLUSH_TIMER in self.t.get("timers"):
+        if not self.state.outbox:
+            if FLUSH_TIMER in self.state.timers:
                 self.cancel_timer(FLUSH_TIMER)
             return
         if self.carrier_expected():
-            if FLUSH_TIMER not in self.t.get("timers"):
+            if FLUSH_TIMER not in self.state.timers:
                 self.set_timer(FLUSH_TIMER, self.c.piggyback_delay)
             return
         self.flush_outbox()
 
     def flush_outbox(self) -> None:
-        outbox = self.t.get("outbox")
-        self.t.set("outbox", ())
+        outbox = self.state.outbox
+        self.state.outbox = ()
         self.cancel_timer(FLUSH_TIMER)
         for dest in dict.fromkeys(x for x, _ in outbox):
             held = [d for x, d in outbox if x == dest]

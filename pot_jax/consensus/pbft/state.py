@@ -64,7 +64,7 @@ class ReplicaState:
     """A replica's whole state; the fields in ``DURABLE_FIELDS`` survive a crash.
 
     Containers are plain dicts that are never mutated once the state exists
-    (``step`` copies what it changes).
+    (``step`` copies what it changes: ``draft.Draft``).
     """
 
     # durable

@@ -78,7 +78,7 @@ def recover(replica: Replica, durable: DurableState) -> StepResult:
             run.set_timer(VIEW_CHANGE_TIMER, replica.config.view_change_timeout)
             vc = decode_message(durable.last_view_change)
             if isinstance(vc, ViewChange):
-                run.t.wi("view_changes", None)[replica.index] = vc
+                run.state.view_changes[replica.index] = vc
     except (MalformedMessage, CryptoError):
         pass
     run.start_recovery_round()
@@ -119,16 +119,16 @@ class _Step(NormalCase, Checkpoints, ViewChanges, Votes, Outbox):
     """All seams of one step; dispatches deliveries (bundles unpacked) and timers."""
 
     def on_timer(self, name: str, token: int) -> None:
-        if self.t.get("timers").get(name) != token:
+        if self.state.timers.get(name) != token:
             return  # superseded or cancelled
-        del self.t.w("timers")[name]
+        del self.state.timers[name]
         if name == REQUEST_TIMER:
-            if not self.active or not self.t.get("pending"):
+            if not self.active or not self.state.pending:
                 return
-            if not self.t.get("fetch_tried"):
+            if not self.state.fetch_tried:
                 # First expiry: maybe we only missed decisions, or checkpoint votes were lost
                 # and the window is full; ask and re-vote before accusing the primary.
-                self.t.set("fetch_tried", True)
+                self.state.fetch_tried = True
                 self.broadcast(encode_message(Fetch(self.last_executed + 1)))
                 self.resend_checkpoint_votes()
                 self.set_timer(REQUEST_TIMER, self.c.request_timeout)
@@ -149,10 +149,10 @@ class _Step(NormalCase, Checkpoints, ViewChanges, Votes, Outbox):
                     # Fewer than q replicas have reached this view: moving further would
                     # only leapfrog those still on their way (they never catch up once
                     # the timeouts are capped). Say it again, back off and wait for them.
-                    previous = self.t.get("last_view_change")
+                    previous = self.state.last_view_change
                     if previous is not None:
                         self.broadcast(previous)
-                    self.t.set("vc_attempts", self.t.get("vc_attempts") + 1)
+                    self.state.vc_attempts += 1
                     self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
 
     def on_deliver(self, src: int, data: bytes) -> None:

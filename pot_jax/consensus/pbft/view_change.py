@@ -42,31 +42,31 @@ class ViewChanges(StepContext):
         if self.c.pattern == LINEAR:
             # The new view's primary collects checkpoint votes now; it may never have had ours.
             self.resend_checkpoint_votes(self.c.primary(target))
-        attempts = self.t.get("vc_attempts")
-        self.t.set("view", target)
-        self.t.set("active", False)
-        self.t.set("vc_attempts", attempts + 1)
+        attempts = self.state.vc_attempts
+        self.state.view = target
+        self.state.active = False
+        self.state.vc_attempts = attempts + 1
         self.gc_views(target)
-        previous = self.t.get("last_view_change")
+        previous = self.state.last_view_change
         vc = None
         if previous is not None:
             old = decode_message(previous)
             if isinstance(old, ViewChange) and old.new_view == target:
                 vc, data = old, previous
         if vc is None:
-            stable = self.t.get("stable")
+            stable = self.state.stable
             checkpoint = None
             if stable.seq > 0:
                 qc = self.qc_of(stable)
                 checkpoint = Cert(CHECKPOINT, 0, stable.seq, stable.digest, qc)
             proofs = []
-            for s in sorted(self.t.get("prepared")):
+            for s in sorted(self.state.prepared):
                 if not self.low < s <= self.high:
                     continue
-                p = self.t.get("prepared")[s]
+                p = self.state.prepared[s]
                 if p.qc is None:
                     p = dataclasses.replace(p, qc=self.qc_of(p), votes=None)
-                    self.t.w("prepared")[s] = p
+                    self.state.prepared[s] = p
                 proofs.append(PreparedProof(p.view, s, p.value, p.qc))
             unsigned = ViewChange(target, checkpoint, tuple(proofs), self.me, b"")
             digest = view_change_digest(unsigned)
@@ -75,51 +75,44 @@ class ViewChanges(StepContext):
                 return
             vc = dataclasses.replace(unsigned, signature=sig)
             data = encode_message(vc)
-            self.t.set("last_view_change", data)
-        self.t.wi("view_changes", None)[self.me] = vc
+            self.state.last_view_change = data
+        self.state.view_changes[self.me] = vc
         self.broadcast(data)
         self.cancel_timer(REQUEST_TIMER)
         self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
         if self.view_change_quorum():
-            self.t.set("vc_quorum_view", target)
+            self.state.vc_quorum_view = target
         self.try_new_view()
 
     def view_change_timeout(self) -> float:
         """The base timeout doubled for each consecutive failed view, up to the cap."""
-        attempts = max(self.t.get("vc_attempts") - 1, 0)
+        attempts = max(self.state.vc_attempts - 1, 0)
         return self.c.view_change_timeout * (2 ** min(attempts, self.c.max_backoff_exponent))
 
     def view_change_quorum(self) -> bool:
         """q replicas (this one included) have asked for this view or a higher one."""
         v = self.view
-        return sum(1 for x in self.t.get("view_changes").values() if x.new_view >= v) >= (
+        return sum(1 for x in self.state.view_changes.values() if x.new_view >= v) >= (
             self.c.quorum
         )
 
     def note_view_change_quorum(self) -> None:
         """PBFT's view-change timer runs from the moment q replicas have joined the view:
         restart it then, so the new primary gets the whole timeout."""
-        if self.active or self.t.get("vc_quorum_view") == self.view:
+        if self.active or self.state.vc_quorum_view == self.view:
             return
         if self.view_change_quorum():
-            self.t.set("vc_quorum_view", self.view)
+            self.state.vc_quorum_view = self.view
             self.set_timer(VIEW_CHANGE_TIMER, self.view_change_timeout())
 
     def gc_views(self, view: int) -> None:
         """Forget normal-case messages of views below ``view``."""
-        self.t.set(
-            "preprepares", {k: x for k, x in self.t.get("preprepares").items() if k[0] >= view}
-        )
-        self.t.set("votes", {k: x for k, x in self.t.get("votes").items() if k[1] >= view})
-        self.t.set("certs", {k: x for k, x in self.t.get("certs").items() if k[1] >= view})
-        self.t.copied = {c for c in self.t.copied if not (isinstance(c, tuple) and c[0] == "votes")}
-        self.t.copied |= {"preprepares", "votes", "certs"}
-        self.t.set(
-            "view_changes",
-            {i: vc for i, vc in self.t.get("view_changes").items() if vc.new_view >= view},
-        )
-        self.t.copied.add("view_changes")
-        self.t.set("future", tuple(x for x in self.t.get("future") if x[0] >= view))
+        st = self.state
+        st.preprepares.replace({k: x for k, x in st.preprepares.items() if k[0] >= view})
+        st.votes.replace({k: x for k, x in st.votes.items() if k[1] >= view})
+        st.certs.replace({k: x for k, x in st.certs.items() if k[1] >= view})
+        st.view_changes.replace({i: vc for i, vc in st.view_changes.items() if vc.new_view >= view})
+        st.future = tuple(x for x in st.future if x[0] >= view)
 
     def verify_view_change(self, vc: ViewChange) -> str | None:
         """None if ``vc`` is valid, else what is wrong with it."""
@@ -159,7 +152,7 @@ class ViewChanges(StepContext):
         if vc.new_view < self.view or (vc.new_view == self.view and self.active):
             self.drop("stale-view", f"view change to {vc.new_view}, replica is in view {self.view}")
             return
-        old = self.t.get("view_changes").get(src)
+        old = self.state.view_changes.get(src)
         if old is not None and old.new_view >= vc.new_view:
             if old.new_view == vc.new_view and old != vc and self.conflicting_view_change(old, vc):
                 return
@@ -169,10 +162,10 @@ class ViewChanges(StepContext):
         if err is not None:
             self.drop("bad-view-change", err)
             return
-        self.t.wi("view_changes", None)[src] = vc
+        self.state.view_changes[src] = vc
         higher = sorted(
             x.new_view
-            for i, x in self.t.get("view_changes").items()
+            for i, x in self.state.view_changes.items()
             if i != self.me and x.new_view > self.view
         )
         if len(higher) >= self.c.f + 1:
@@ -221,7 +214,7 @@ class ViewChanges(StepContext):
         if self.active or self.c.primary(v) != self.me:
             return
         vcs = sorted(
-            (x for x in self.t.get("view_changes").values() if x.new_view == v),
+            (x for x in self.state.view_changes.values() if x.new_view == v),
             key=lambda x: x.signer,
         )
         if len(vcs) < self.c.quorum:
@@ -244,7 +237,7 @@ class ViewChanges(StepContext):
         if v < self.view or (v == self.view and self.active):
             self.drop("stale-view", f"new view {v}, replica is active in view {self.view}")
             return
-        if src != self.c.primary(v) and not self.t.get("recovery_round"):
+        if src != self.c.primary(v) and not self.state.recovery_round:
             # While recovering, a NEW-VIEW relayed by a peer is accepted: it is verified
             # in full below (view changes, re-proposals, the primary's signatures).
             self.drop("not-primary", f"new view {v} from {src}, primary is {self.c.primary(v)}")
@@ -280,27 +273,29 @@ class ViewChanges(StepContext):
 
     def enter_view(self, nv: NewView, checkpoint: Cert | None, plan, data: bytes) -> None:
         v = nv.view
-        self.t.set("view", v)
-        self.t.set("active", True)
-        self.t.set("last_new_view", data)
+        self.state.view = v
+        self.state.active = True
+        self.state.last_new_view = data
         self.cancel_timer(VIEW_CHANGE_TIMER)
         self.gc_views(v)
-        self.t.set(
-            "view_changes", {i: x for i, x in self.t.get("view_changes").items() if x.new_view > v}
+        self.state.view_changes.replace(
+            {i: x for i, x in self.state.view_changes.items() if x.new_view > v}
         )
         if checkpoint is not None and checkpoint.seq > self.low:
             self.set_stable(
                 StableCheckpoint(checkpoint.seq, checkpoint.digest, None, checkpoint.qc), None
             )
         top = plan[-1][0] if plan else 0
-        self.t.set("next_seq", max(top, self.low, self.last_executed) + 1)
-        self.t.set("proposed", {p.digest: p.seq for p in nv.preprepares if p.value is not None})
-        self.t.set("fetch_tried", False)
+        self.state.next_seq = max(top, self.low, self.last_executed) + 1
+        self.state.proposed.replace(
+            {p.digest: p.seq for p in nv.preprepares if p.value is not None}
+        )
+        self.state.fetch_tried = False
         primary = self.c.primary(v)
         for p in nv.preprepares:
             self.on_preprepare(primary, p, None, from_new_view=True)
-        future = self.t.get("future")
-        self.t.set("future", tuple(x for x in future if x[0] != v))
+        future = self.state.future
+        self.state.future = tuple(x for x in future if x[0] != v)
         for fv, fsrc, fdata in future:
             if fv == v:
                 saved = (self.src, self.kind)

@@ -5,9 +5,8 @@ signer (equivocation evidence, or a forgery replaced by the valid vote)."""
 from __future__ import annotations
 
 from ..evidence import EquivocationEvidence
-from ..messages import CHECKPOINT
 from .context import StepContext
-from .draft import EMPTY
+from .draft import EMPTY, CowDict, Slot
 from .events import Dropped
 from .state import VoteRecord
 
@@ -16,9 +15,18 @@ class Votes(StepContext):
     """Quorums and conflicting votes, for normal-case and checkpoint votes."""
 
     def conflicting_vote(
-        self, field_name: str, key, signer: int, rec: VoteRecord, digest: bytes, signature: bytes
+        self,
+        table: CowDict,
+        key,
+        slot: Slot,
+        signer: int,
+        rec: VoteRecord,
+        digest: bytes,
+        signature: bytes,
     ) -> None:
-        kind, view, seq = key if field_name == "votes" else (CHECKPOINT, 0, key)
+        """``signer`` voted ``digest`` where ``table[key]`` holds ``rec`` for another digest;
+        ``slot`` is what the votes are for: (kind, view, seq)."""
+        kind, view, seq = slot
         ver = self.r.verifier
         ok_new = ver.verify_vote(signer, self.msg(kind, view, seq, digest), signature)
         ok_old = rec.verified or ver.verify_vote(
@@ -35,21 +43,22 @@ class Votes(StepContext):
             self.drop("bad-signature", f"{kind} vote from {signer} does not verify")
         else:
             # The stored vote was a forgery; keep the valid one instead.
-            self.t.wi(field_name, key)[signer] = VoteRecord(digest, signature, True)
-            self.t.set("suspects", self.t.get("suspects") | {signer})
+            table.inner(key)[signer] = VoteRecord(digest, signature, True)
+            self.state.suspects |= {signer}
             self.drop("bad-signature", f"earlier {kind} vote from {signer} did not verify")
 
-    def quorum_votes(self, field_name: str, key, msg: bytes, digest: bytes) -> dict | None:
-        """Verified votes for ``digest`` if they reach a quorum (batch-checking new ones)."""
+    def quorum_votes(self, table: CowDict, key, msg: bytes, digest: bytes) -> dict | None:
+        """Verified votes for ``digest`` in ``table[key]`` if they reach a quorum
+        (batch-checking new ones)."""
         q = self.c.quorum
-        slot = self.t.get(field_name).get(key, EMPTY)
+        slot = table.get(key, EMPTY)
         matching = {i: r for i, r in slot.items() if r.digest == digest}
         if len(matching) < q:
             return None
         unverified = {i: r.signature for i, r in matching.items() if not r.verified}
         if unverified:
             results = self.r.verifier.verify_votes(msg, unverified)
-            w = self.t.wi(field_name, key)
+            w = table.inner(key)
             bad = []
             for i, ok in results.items():
                 if ok:
@@ -58,7 +67,7 @@ class Votes(StepContext):
                     del w[i]
                     bad.append(i)
             if bad:
-                self.t.set("suspects", self.t.get("suspects") | set(bad))
+                self.state.suspects |= set(bad)
                 for i in bad:
                     self.drops.append(
                         Dropped(i, "vote", "bad-signature", f"vote from {i} failed verification")
