@@ -88,7 +88,8 @@ modules named for the sub-machine they implement.
 * ``checkpoints``: checkpoints, the stable checkpoint and the window, state
   transfer and recovery rounds.
 * ``view_change``: view changes, NEW-VIEW and entering a view.
-* ``step``: ``step``, ``recover``, ``initial_state`` and the event dispatch.
+* ``transition``: ``step``, ``recover``, ``initial_state`` and the event
+  dispatch (not named ``step``: the function would shadow the module).
 
 Why mixins and not plain functions: the handlers call each other across
 these seams (a commit executes, which checkpoints, which may make a
@@ -96,7 +97,7 @@ checkpoint stable, which moves the window and lets the primary propose; a
 view change flushes the outbox and re-proposes through the normal case), so
 modules of functions would import each other in a cycle. Each seam is a
 class over ``StepContext`` that holds only its own methods, and
-``step._Step`` combines them; no method is defined twice, so nothing is
+``transition._Step`` combines them; no method is defined twice, so nothing is
 overridden and the order of the bases does not matter.
 """
 
@@ -127,7 +128,7 @@ from .state import (
     VoteRecord,
     durable_state,
 )
-from .step import initial_state, recover, step
+from .transition import initial_state, recover, step
 
 __all__ = [
     "ALL_TO_ALL",

@@ -4,7 +4,7 @@ checking a NEW-VIEW, and entering the new view.
 
 Uses from the other seams: ``broadcast``/``flush_outbox`` (outbox),
 ``resend_checkpoint_votes``/``set_stable`` (checkpoints), ``on_preprepare``,
-``arm_request_timer`` and ``propose`` (normal case), ``on_deliver`` (step).
+``arm_request_timer`` and ``propose`` (normal case), ``on_deliver`` (transition).
 """
 
 from __future__ import annotations
