@@ -39,7 +39,11 @@ row through, so weighted sums over workers select row by row in one fused
 kernel unrolled over the static W (0.2-0.3 ms), or for W > 64 select then
 multiply. Sorting along the worker axis with ``jnp.sort`` takes ~180 ms; the
 order statistics use a Batcher odd-even merge sorting network instead (~3 ms;
-for W > 32 layer by layer over column blocks, ~140 ms at W=64). Krum, the
+for W > 32 layer by layer over column blocks, ~140 ms at W=64). XLA CPU fuses
+the network into every elementwise consumer of its output, and into each row of
+a stack of the sorted rows, and recomputes it there: a sorted row or median is
+consumed once, by one fused sum or one matrix product (meamed picks dynamic
+ranks by chains of selects; stacking the sorted rows cost 7x). Krum, the
 geometric median and centered clipping work in W-space on the Gram matrix
 ``G = X X^T``: pairwise squared distances are ``G_ii + G_jj - 2 G_ij`` (the
 W x W x P difference tensor is never formed) and iterates are kept as
@@ -542,7 +546,9 @@ def krum(*, f: int) -> AggregationRule:
     A row's score is the sum of squared distances to its ``n - f - 2`` nearest
     other accepted rows (:func:`krum_scores`). Assumption: at most ``f`` of the
     n accepted inputs are Byzantine and ``n >= 2f + 3``. Ties go to the lowest
-    worker index.
+    worker index. Cost: the Gram matrix for the pairwise distances, W^2 P
+    multiply-adds against the mean's W P additions (W = 16: about 10x the mean;
+    ``python -m pot_jax.bench.aggregation`` measures every rule).
     """
     f = _int_param("krum", "f", f, minimum=0)
     return _rule(
@@ -562,6 +568,7 @@ def multi_krum(*, f: int, m: int) -> AggregationRule:
     Same assumption as Krum (at most ``f`` Byzantine inputs, ``n >= 2f + 3``);
     in addition ``m <= n - f``, so that the m selected rows can all be honest
     (the usual choice is ``m = n - f``). Ties go to the lowest worker index.
+    Cost: Krum's, the Gram matrix (about 10x the mean at W = 16).
     """
     f = _int_param("multi_krum", "f", f, minimum=0)
     m = _int_param("multi_krum", "m", m, minimum=1)
@@ -632,10 +639,11 @@ def _geometric_median(
         beta_W = jnp.where(mask_W, 1 / jnp.maximum(_distances(frame, a, c_W), eps), 0)
         return jnp.zeros((), acc), beta_W / jnp.sum(beta_W)
 
-    a, c_W = lax.fori_loop(0, iters, step, (a0, c0_W))
+    # Each step (iters >= 1) leaves z = c^T X with a = 0, so the output is a
+    # weighted sum of the rows alone; adding a * z0 would recompute the median's
+    # sorting network, which XLA CPU fuses into every elementwise consumer.
+    _, c_W = lax.fori_loop(0, iters, step, (a0, c0_W))
     agg_P = _weighted_row_sum(c_W, grads_WxP, mask_W)
-    if z0_P is not None:
-        agg_P = agg_P + a * z0_P
     return _empty_to_nan(agg_P, count > 0, grads_WxP.dtype)
 
 
@@ -651,6 +659,10 @@ def geometric_median(*, iters: int = 8, eps: float = 1e-6, init: str = "median")
     approaches the honest cluster only linearly (ratio about f/(n - f) per
     iteration against far outliers), so a fixed ``iters`` budget can leave the
     output far from the geometric median under large attacks.
+
+    Cost: the coordinate-wise median's sorting network (twice: the start feeds
+    a matrix product and its squared norm) and the Gram matrix, about 20x the
+    mean at W = 16; the iterations run in W-space and cost nothing next to them.
     """
     iters = _int_param("geometric_median", "iters", iters, minimum=1)
     eps = _positive_param("geometric_median", "eps", eps)
@@ -723,7 +735,8 @@ def centered_clipping(
     already dragged (the mean, under large values) stays dragged: pass the
     momentum for robustness. Assumption: a Byzantine minority, f < n/2 (the
     paper's convergence rate needs the Byzantine fraction below a small
-    constant and ``tau`` tuned to the honest spread).
+    constant and ``tau`` tuned to the honest spread). Cost: the Gram matrix
+    (about 10x the mean at W = 16); the iterations run in W-space.
     """
     tau = _positive_param("centered_clipping", "tau", tau)
     iters = _int_param("centered_clipping", "iters", iters, minimum=1)
@@ -791,6 +804,12 @@ def _mean_around_median(grads_WxP: jax.Array, mask_W: jax.Array, drop: int) -> j
     holds for a prefix of a. So the start is the number of a < drop where it
     holds (ties keep the lower window). Rejected rows sort last as +inf and no
     window reaches them.
+
+    Up to ``_UNROLL_SORT_MAX_W`` rows, the value at a dynamic rank is a chain
+    of selects over the sorted rows, so the network, the window and the sum
+    stay one fused kernel with one output (W=16, P=2e5: ~2.5 ms). Stacking the
+    sorted rows to index them instead made XLA CPU recompute the network for
+    each row of the stack (~18 ms).
     """
     num_rows = grads_WxP.shape[0]
     acc = _acc_dtype(grads_WxP.dtype)
@@ -798,13 +817,19 @@ def _mean_around_median(grads_WxP: jax.Array, mask_W: jax.Array, drop: int) -> j
     x_WxP = jnp.where(mask_W[:, None], grads_WxP, jnp.inf)
     if num_rows <= _UNROLL_SORT_MAX_W:
         rows = [r.astype(acc) for r in _sort_unrolled(x_WxP)]
+
+        def at_rank(rank):
+            value_P = rows[0]
+            for r in range(1, num_rows):
+                value_P = jnp.where(rank == r, rows[r], value_P)
+            return value_P
+
     else:
         sorted_WxP = _sort_layered(x_WxP).astype(acc)
         rows = [sorted_WxP[i] for i in range(num_rows)]
-    sorted_WxP = jnp.stack(rows)
 
-    def at_rank(rank):
-        return lax.dynamic_index_in_dim(sorted_WxP, rank, axis=0, keepdims=False)
+        def at_rank(rank):
+            return lax.dynamic_index_in_dim(sorted_WxP, rank, axis=0, keepdims=False)
 
     lo, hi = (count - 1) // 2, count // 2
     median_P = jnp.where(lo == hi, at_rank(lo), 0.5 * at_rank(lo) + 0.5 * at_rank(hi))
@@ -836,7 +861,9 @@ def meamed(*, f: int) -> AggregationRule:
     coordinate's median (even n: the mean of the middle two values). Ties at
     the edge of the window go to the smaller values; ByzFL breaks them by
     ``argpartition``, i.e. arbitrarily. Assumption: at most ``f`` Byzantine
-    inputs and ``n >= 2f + 1``.
+    inputs and ``n >= 2f + 1``. Cost: a sorting network per coordinate and a
+    window of selects (W = 16: below 10x the mean; W = 64: the network runs
+    layer by layer, about 30x).
     """
     f = _int_param("meamed", "f", f, minimum=0)
     return _rule(
@@ -894,7 +921,10 @@ def mda(*, f: int) -> AggregationRule:
     distance is smallest. The search is exact and exponential: it runs over
     the C(W, f) sets of f rows that could be dropped (W static, n = the
     dynamic accepted count), and tracing raises ``ValueError`` when
-    ``C(W, f) * W^2`` exceeds 2^24 (W = 16: every f; W = 32: f <= 3).
+    ``C(W, f) * W^2`` exceeds 2^24: practical for W = 16 at every f, W = 32
+    with f <= 3 and W = 64 with f <= 2. Cost: the Gram matrix plus
+    C(W, f) W^2 work (W = 16, f = 4: about 10x the mean; W = 16, f = 7, 11440
+    subsets: a few times more).
 
     Ties are common (subsets sharing the pair that sets the diameter): they go
     to the subset with the smallest sum of squared pairwise distances, which
@@ -921,17 +951,23 @@ def _monna(grads_WxP: jax.Array, mask_W: jax.Array, *, f: int, idx: int | None) 
     num_rows = grads_WxP.shape[0]
     count = jnp.sum(mask_W)
     acc = _acc_dtype(grads_WxP.dtype)
+    # Row i's distance depends on row i alone, so a rejected row's NaN stays in
+    # its own entry, which the ranking below masks.
+    x_WxP = grads_WxP.astype(acc)
     if idx is None:
+        # |x_i|^2 - 2 x_i.m ranks the rows as |x_i - m|^2 does (|m|^2 is common),
+        # and keeps the median m to one consumer, a matrix product: XLA CPU fuses
+        # the sorting network into each elementwise consumer of m and recomputes it.
         ref_P = _coordinate_median(grads_WxP, mask_W).astype(acc)
-        frame = _frame(grads_WxP, mask_W, ref_P)
-        dist_W = _distances(frame, jnp.ones((), acc), jnp.zeros(num_rows, acc))
+        x_ref_W = jnp.dot(x_WxP, ref_P, precision=lax.Precision.HIGHEST)
+        dist_W = jnp.sum(jnp.square(x_WxP), axis=1) - 2 * x_ref_W
         ref_ok = jnp.bool_(True)
     else:
         if idx >= num_rows:
             raise ValueError(
                 f"monna: idx = {idx} names no worker; grads_WxP has W = {num_rows} rows"
             )
-        dist_W = _sq_distances(grads_WxP, mask_W)[idx]
+        dist_W = jnp.sum(jnp.square(x_WxP - x_WxP[idx][None, :]), axis=1)
         dist_W = dist_W.at[idx].set(-1)  # the reference is its own nearest neighbour
         ref_ok = mask_W[idx]
     rank_W = _ranks(jnp.where(mask_W, dist_W, jnp.inf))
@@ -954,7 +990,8 @@ def monna(*, f: int, idx: int | None = None) -> AggregationRule:
     ``idx=0``, which trusts worker 0 whoever it is); if that row is rejected the
     output is NaN. Ties go to the lowest worker index. Assumption: at most
     ``f`` Byzantine inputs and ``n >= 2f + 1`` (and, with ``idx``, that worker
-    honest).
+    honest). Cost: the coordinate-wise median's sorting network and one
+    distance per row, about 10x the mean at W = 16 (``idx``: a few times).
     """
     f = _int_param("monna", "f", f, minimum=0)
     if idx is not None:
@@ -1025,7 +1062,9 @@ def caf(*, f: int) -> AggregationRule:
     power-iteration step from an unseeded random vector (so its output is
     random and its eigenvalue approximate), takes ``max tau`` over all rows,
     and returns None when f = 0. Assumption: at most ``f`` Byzantine inputs
-    and ``n >= 2f + 1``.
+    and ``n >= 2f + 1``. Cost: the Gram matrix (about 10x the mean at W = 16)
+    and 2f ``eigh`` of W x W matrices, which add little at W = 16 and about a
+    third at W = 64 (f = 16: 32 of them).
     """
     f = _int_param("caf", "f", f, minimum=0)
     return _rule(
@@ -1090,6 +1129,9 @@ def bulyan(*, f: int) -> AggregationRule:
     depend on how workers are numbered. Window ties go to the smaller values.
     Not in ByzFL.
     Assumption: at most ``f`` Byzantine inputs and ``n >= 4f + 3``.
+
+    Cost: Krum's Gram matrix plus meamed's sorting network and window, about
+    20x the mean at W = 16 (the W - 2f Krum picks run in W-space).
     """
     f = _int_param("bulyan", "f", f, minimum=0)
     return _rule(
@@ -1222,7 +1264,10 @@ def nnm(*, f: int) -> PreAggregator:
     (ByzFL: ``argpartition``, arbitrary). Composed with a rule that tolerates
     f Byzantine inputs, the paper shows the composition keeps that tolerance
     with a better robustness coefficient. Assumption: at most ``f`` Byzantine
-    inputs and ``n >= 2f + 1``.
+    inputs and ``n >= 2f + 1``. Cost: the Gram matrix and a W x W mixing
+    product over P, two W^2 P products (``nnm+mean``: about 20x the mean at
+    W = 16), and the rule behind it works on the mixed rows (``nnm+krum``: a
+    third product).
     """
     f = _int_param("nnm", "f", f, minimum=0)
     return _pre(
