@@ -35,6 +35,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -241,7 +242,7 @@ def measure_aggregation(
     mda_grid: Sequence[tuple[int, int]] = MDA_GRID,
 ) -> dict[str, Any]:
     """ms per aggregation of every rule at each W, against the mean and NumPy (see module doc)."""
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()
     results = []
     for num_workers in workers:
         results += _measure_workers(num_workers, params, repeats, numpy_repeats, min_sample_ms)
@@ -274,6 +275,8 @@ def measure_aggregation(
             "W = 64 with f <= 2; past that use another rule"
         ),
         "wall_seconds": round(time.perf_counter() - start, 1),
+        # Other processes share the CPU: the 1, 5, 15-minute load averages at both ends.
+        "load_average": {"start": load_start, "end": os.getloadavg()},
     }
 
 
