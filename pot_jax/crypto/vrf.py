@@ -42,6 +42,7 @@ __all__ = [
     "vrf_proof_to_output",
     "vrf_prove",
     "vrf_verify",
+    "vrf_verify_many",
 ]
 
 VRF_DST = b"POT_JAX_VRF_BLS12381G2_XMD:SHA-256_SSWU_RO_"
@@ -106,6 +107,42 @@ def vrf_verify(pk: bytes, alpha: bytes, output: bytes, proof: bytes) -> bool:
     except CryptoError:
         return False
     return hmac.compare_digest(_as_bytes("output", output), vrf_proof_to_output(proof))
+
+
+def vrf_verify_many(items) -> list[bool]:
+    """``vrf_verify`` of each ``(pk, alpha, output, proof)``, with one batched pairing check.
+
+    Sizes and outputs are checked one by one; the proofs are checked together
+    (``bls.batch_verify_with_dst``: random linear combination, every point
+    subgroup-checked first). If the batch fails, each is checked alone, so a
+    bad proof never hides a good one and the answers equal ``vrf_verify``'s.
+    """
+    items = [tuple(x) for x in items]
+    ok = []
+    for pk, alpha, output, proof in items:
+        ok.append(
+            isinstance(pk, bytes | bytearray)
+            and isinstance(proof, bytes | bytearray)
+            and isinstance(output, bytes | bytearray)
+            and isinstance(alpha, bytes | bytearray)
+            and len(pk) == bls.PUBLIC_KEY_SIZE
+            and len(proof) == bls.SIGNATURE_SIZE
+            and len(output) == VRF_OUTPUT_SIZE
+            and hmac.compare_digest(bytes(output), vrf_proof_to_output(bytes(proof)))
+        )
+    batch = [i for i, good in enumerate(ok) if good]
+    if len(batch) > 1:
+        try:
+            if bls.batch_verify_with_dst(
+                [bytes(items[i][0]) for i in batch],
+                [bytes(items[i][1]) for i in batch],
+                [bytes(items[i][3]) for i in batch],
+                VRF_DST,
+            ):
+                return ok
+        except CryptoError:
+            pass
+    return [good and vrf_verify(*items[i]) for i, good in enumerate(ok)]
 
 
 def sample_input(chain_id: bytes, round: int) -> bytes:

@@ -314,6 +314,12 @@ class _Records:
     def take(self, kind: RecordKind, round_: int | None, what: str):
         rec = self.peek()
         if rec is None:
+            torn = self.reader.torn_tail
+            if torn is not None:
+                raise _Unfinished(
+                    f"the transcript ends in a torn record where {what} should follow "
+                    f"({torn.reason}; a crash mid-write)"
+                )
             raise _Unfinished(f"the transcript ends where {what} should follow")
         if rec.kind != kind:
             raise AuditFailure(

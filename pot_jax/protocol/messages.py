@@ -25,6 +25,7 @@ Every decoder accepts only bytes that re-encode identically and raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -133,6 +134,10 @@ class Report:
 
     def body(self) -> bytes:
         """The canonical bytes the signature covers (everything but the signature)."""
+        return self._body
+
+    @functools.cached_property
+    def _body(self) -> bytes:  # a frozen dataclass: the bytes never change
         out = [
             _REPORT_MAGIC,
             _short(self.chain_id),
@@ -296,6 +301,10 @@ class RoundInputs:
     evidence: tuple[EquivocationEvidence, ...] = ()
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:  # a frozen dataclass: the bytes never change
         parts = [_INPUTS_MAGIC, struct.pack(">I", len(self.reports))]
         parts.extend(_long(rep.encode()) for rep in self.reports)
         parts.append(struct.pack(">I", len(self.evidence)))

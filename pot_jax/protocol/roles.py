@@ -30,6 +30,7 @@ from ``network.byzantine`` as before.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -252,7 +253,7 @@ class Validator:
             checks=tuple(checks),
         )
         signature = rules.report_scheme.sign(self.report_sk, unsigned.signing_message())
-        report = Report(**{**unsigned.__dict__, "signature": signature})
+        report = dataclasses.replace(unsigned, signature=signature)
         return ReportMessage(report, tuple(proofs))
 
     # -- the aggregation server -----------------------------------------------------------
@@ -274,6 +275,17 @@ class Validator:
 
     def gradients(self) -> dict[int, Any]:
         return {w: s.gradient for w, s in self.submissions.items()}
+
+    def known_digests(self) -> dict[int, bytes]:
+        """Commitments this validator's cheap checks hashed the received gradient to."""
+        if self.own_report is None:
+            return {}
+        passed = ("", "wrong_gradient")
+        return {
+            c.worker: c.commitment
+            for c in self.own_report.report.checks
+            if c.commitment and c.category in passed and c.worker in self.submissions
+        }
 
     def propose(self, evidence=()) -> bytes | None:
         inputs, proofs = self.inputs(evidence)
@@ -304,7 +316,15 @@ class Validator:
         gradients = self.gradients()
 
         def compute():
-            return transition(self.rules, self.state, inputs, proofs, gradients, memo=self.memo)
+            return transition(
+                self.rules,
+                self.state,
+                inputs,
+                proofs,
+                gradients,
+                memo=self.memo,
+                known=self.known_digests() if self.honest else None,
+            )
 
         # Honest validators that received the same submissions compute the same bytes;
         # in one simulation process they share the result (``memo``).
@@ -320,6 +340,16 @@ class Validator:
         """True iff ``value`` is exactly what ``transition`` gives on its own inputs."""
         if self.state is None:
             return False
+        if not self.honest:
+            return self._validate(value)
+        # Honest validators holding the same submissions and reports give the same
+        # answer; in one simulation process they share it (``memo``).
+        key = ("validate", self.state.round, hashlib.sha256(value).digest())
+        if key not in self.memo:
+            self.memo[key] = self._validate(value)
+        return self.memo[key]
+
+    def _validate(self, value: bytes) -> bool:
         try:
             record_bytes, inputs_bytes = decode_proposal(value)
             record = RoundRecord.decode(record_bytes)

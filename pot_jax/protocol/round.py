@@ -229,6 +229,7 @@ def judge(
         )
     ctx = rules.context(r, state.params)
     faults: set[tuple[int, Fault]] = set()
+    selections = _selections_hold(rules, ctx, state, inputs, memo)
     for rep in inputs.reports:
         v = rep.validator
         if (rep.chain_id, rep.genesis, rep.round, rep.params_hash) != (
@@ -258,7 +259,7 @@ def judge(
                     f"round {r}: validator {v} cites a fraud proof against worker {c.worker} "
                     "that the proposal does not carry"
                 )
-        faults.update((v, fault) for fault in _sample_faults(rules, ctx, state, rep, memo))
+        faults.update((v, fault) for fault in _sample_faults(state, rep, selections[rep.validator]))
 
     punished = set()
     for ev in inputs.evidence:
@@ -308,7 +309,7 @@ def judge(
                 Rejected(
                     w,
                     Category.WRONG_GRADIENT.value,
-                    f"recomputation differs; proven by validators {sorted(provers[w])}",
+                    "recomputation differs from the signed gradient (fraud proof)",
                     digest,
                 )
             )
@@ -376,16 +377,31 @@ def _fault_order(item):
     return v, list(Fault).index(fault)
 
 
-def _sample_faults(rules, ctx, state, rep, memo) -> list[Fault]:
-    """What a report shows about its validator's sample (see the module docstring)."""
-    v = rep.validator
-    selection = Selection(v, rep.selection, rep.vrf_output, rep.vrf_proof)
-    pk = rules.validator_set.public_keys[v]
-    honest_selection = _cached(
-        memo,
-        ("selection", rules.chain_id, state.round, v, rep.selection, rep.vrf_output, rep.vrf_proof),
-        lambda: bool(rules.scheme.verify_selection(ctx, v, rules.n_validators, pk, selection)),
+def _selections_hold(rules, ctx, state, inputs, memo) -> dict[int, bool]:
+    """Whether each report's selection is what its validator's VRF gives (one batch)."""
+    key = ("selections", rules.chain_id, state.round) + tuple(
+        (rep.validator, rep.selection, rep.vrf_output, rep.vrf_proof) for rep in inputs.reports
     )
+
+    def compute():
+        items = [
+            (
+                rep.validator,
+                rules.n_validators,
+                rules.validator_set.public_keys[rep.validator],
+                Selection(rep.validator, rep.selection, rep.vrf_output, rep.vrf_proof),
+            )
+            for rep in inputs.reports
+            if rep.validator < rules.n_validators
+        ]
+        answers = rules.scheme.check_selections(ctx, items)
+        return {item[0]: bool(ok) for item, ok in zip(items, answers, strict=True)}
+
+    return _cached(memo, key, compute)
+
+
+def _sample_faults(state, rep, honest_selection: bool) -> list[Fault]:
+    """What a report shows about its validator's sample (see the module docstring)."""
     out = []
     chosen = set(rep.selection)
     if not honest_selection:
@@ -412,8 +428,18 @@ def _proof_holds(rules: RoundRules, ctx: RoundContext, proof_bytes: bytes, worke
     return ok
 
 
-def new_model(rules: RoundRules, state: RoundState, accepted, gradients: Mapping[int, Any]):
-    """Aggregate the accepted gradients (each must hash to its commitment) and update."""
+def new_model(
+    rules: RoundRules,
+    state: RoundState,
+    accepted,
+    gradients: Mapping[int, Any],
+    known: Mapping[int, bytes] | None = None,
+):
+    """Aggregate the accepted gradients (each must hash to its commitment) and update.
+
+    ``known`` maps a worker to the digest its gradient was already hashed to
+    (by the caller's cheap checks of the very same array); it spares the hash.
+    """
     if not accepted:
         return state.params, state.opt_state  # nothing to aggregate: the model stays
     P = rules.learner.num_params
@@ -427,7 +453,7 @@ def new_model(rules: RoundRules, state: RoundState, accepted, gradients: Mapping
         if (
             g.dtype != np.float32
             or g.shape != (P,)
-            or flat_digest(rules.learner.header, g) != a.commitment
+            or (known or {}).get(a.worker, flat_digest(rules.learner.header, g)) != a.commitment
         ):
             raise InputsError(
                 f"round {state.round}: worker {a.worker}'s gradient does not hash to the "
@@ -448,10 +474,11 @@ def transition(
     *,
     memo: dict | None = None,
     judgement: Judgement | None = None,
+    known: Mapping[int, bytes] | None = None,
 ) -> Outcome:
     """The round: judge the inputs, aggregate, update, replay the ledger, build the record."""
     j = judge(rules, state, inputs, proofs, memo=memo) if judgement is None else judgement
-    params, opt_state = new_model(rules, state, j.accepted, gradients)
+    params, opt_state = new_model(rules, state, j.accepted, gradients, known)
     return finish(rules, state, inputs, j, params, opt_state)
 
 

@@ -160,11 +160,11 @@ class _ReplayWriter:
             )
         self.pos += 1
 
-    def append(self, kind: int, payload: bytes) -> None:
+    def append(self, kind: int, payload: bytes, *, sync: bool = True) -> None:
         if self.replaying:
             self._match(kind, payload)
         else:
-            self.writer.append(kind, payload)
+            self.writer.append(kind, payload, sync=sync)
 
     def append_checkpoint(self, params: bytes) -> None:
         if self.replaying:
@@ -545,13 +545,17 @@ class ProtocolRun:
         view, qc = self._commit_qc(seq)
 
         # Transcript: record, QC, inputs, [theta_r and every cited proof], ledger entries.
-        writer.append(RecordKind.ROUND, record.encode())
-        writer.append(RecordKind.QC, encode_qc_record(view, seq, qc))
-        writer.append(RecordKind.INPUTS, inputs.encode())
+        # One fdatasync per round, by the LEDGER record that completes it (an audit
+        # or a resume treats a round without its LEDGER record as not written).
+        writer.append(RecordKind.ROUND, record.encode(), sync=False)
+        writer.append(RecordKind.QC, encode_qc_record(view, seq, qc), sync=False)
+        writer.append(RecordKind.INPUTS, inputs.encode(), sync=False)
         if j.cited:  # theta_r, so that anyone can check each proof with one recomputation
             writer.append_checkpoint(self._checkpoint_bytes(state))
         for prover, digest in j.cited:
-            writer.append(RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]))
+            writer.append(
+                RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]), sync=False
+            )
         writer.append(RecordKind.LEDGER, encode_entries(outcome.entries))
 
         # Update.

@@ -500,8 +500,12 @@ class TranscriptWriter:
     def closed(self) -> bool:
         return self._fd is None
 
-    def append(self, kind: int, payload: bytes) -> int:
-        """Append one record and return its sequence number (durable per ``fsync_every``)."""
+    def append(self, kind: int, payload: bytes, *, sync: bool = True) -> int:
+        """Append one record and return its sequence number (durable per ``fsync_every``).
+
+        ``sync=False`` leaves the record for the next synced append (the records
+        of one round are made durable together, by its last one).
+        """
         if self._fd is None:
             raise TranscriptError(f"{self.path}: append to a closed transcript writer")
         if self._failed is not None:
@@ -514,7 +518,7 @@ class TranscriptWriter:
             os.lseek(self._fd, self._end, os.SEEK_SET)
             _write_all(self._fd, frame)
             self._unsynced += 1
-            if self._unsynced >= self.fsync_every:
+            if sync and self._unsynced >= self.fsync_every:
                 _datasync(self._fd)
                 self._unsynced = 0
         except OSError as exc:

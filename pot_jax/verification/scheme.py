@@ -157,6 +157,10 @@ class VerificationScheme(NamedTuple):
       params: the factory's parameters as ``(name, value)`` pairs.
       recomputations: ``(n_workers, n_validators) -> int``, the gradients the
         whole committee recomputes per round (the scheme's cost); None if unknown.
+      verify_selections: optional ``(ctx, [(validator_index, n_validators,
+        validator_pk, selection)]) -> [bool]``, ``verify_selection`` of many at
+        once with the same answers (``spot_check`` batches the VRF pairings);
+        None: one ``verify_selection`` call each.
     """
 
     name: str
@@ -169,6 +173,13 @@ class VerificationScheme(NamedTuple):
     threshold: float = 0.0
     params: tuple[tuple[str, Any], ...] = ()
     recomputations: Callable[[int, int], int] | None = None
+    verify_selections: Callable[..., list[bool]] | None = None
+
+    def check_selections(self, ctx, items) -> list[bool]:
+        """``verify_selection`` of each ``(validator_index, n_validators, pk, selection)``."""
+        if self.verify_selections is not None:
+            return list(self.verify_selections(ctx, items))
+        return [bool(self.verify_selection(ctx, *item)) for item in items]
 
     @property
     def label(self) -> str:

@@ -37,7 +37,13 @@ from fractions import Fraction
 from numbers import Real
 from typing import Any
 
-from pot_jax.crypto.vrf import sample_input, sample_workers, vrf_prove, vrf_verify
+from pot_jax.crypto.vrf import (
+    sample_input,
+    sample_workers,
+    vrf_prove,
+    vrf_verify,
+    vrf_verify_many,
+)
 from pot_jax.learning.aggregation import AggregationRule, make_rule
 from pot_jax.learning.aggregation import mean as mean_rule
 from pot_jax.registry import Registry
@@ -177,6 +183,14 @@ def _mode_threshold(mode: Any, threshold: Any) -> float:
     return float(threshold)
 
 
+def _in_committee(validator_index: Any, n_validators: Any) -> bool:
+    try:
+        _check_committee(validator_index, n_validators)
+    except ValueError:
+        return False
+    return True
+
+
 def _aggregation(rule: Any) -> AggregationRule:
     if rule is None:
         return mean_rule()
@@ -248,6 +262,39 @@ def spot_check(
         fraction = validator_fraction(exact_budget, n_validators)
         return selection.workers == vrf_sample(selection.vrf_output, ctx.n_workers, fraction)
 
+    def verify_selections(ctx, items):
+        well_formed, vrf_items = [], []
+        for validator_index, n_validators, validator_pk, selection in items:
+            good = (
+                _is_selection_of(selection, validator_index)
+                and all(
+                    isinstance(b, bytes)
+                    for b in (validator_pk, selection.vrf_output, selection.vrf_proof)
+                )
+                and _in_committee(validator_index, n_validators)
+            )
+            well_formed.append(good)
+            if good:
+                vrf_items.append(
+                    (
+                        validator_pk,
+                        sample_input(ctx.chain_id, ctx.round),
+                        selection.vrf_output,
+                        selection.vrf_proof,
+                    )
+                )
+        proofs = iter(vrf_verify_many(vrf_items))
+        out = []
+        for good, (_, n_validators, _, selection) in zip(well_formed, items, strict=True):
+            if not good or not next(proofs):
+                out.append(False)
+                continue
+            fraction = validator_fraction(exact_budget, n_validators)
+            out.append(
+                selection.workers == vrf_sample(selection.vrf_output, ctx.n_workers, fraction)
+            )
+        return out
+
     def check(
         ctx: RoundContext, submissions: Mapping[int, Submission], selection: Selection
     ) -> list[Verdict]:
@@ -278,6 +325,7 @@ def spot_check(
         threshold=threshold,
         params=params,
         recomputations=recomputations,
+        verify_selections=verify_selections,
     )
 
 

@@ -46,10 +46,12 @@ from pot_jax.protocol.ledger import (
 )
 from pot_jax.protocol.messages import RoundInputs, encode_proposal
 from pot_jax.protocol.records import RoundRecord
+from pot_jax.protocol.round import cited_proofs
 from pot_jax.protocol.runner import (
     TRANSCRIPT_NAME,
     decode_fraud_record,
     decode_qc_record,
+    encode_fraud_record,
     encode_qc_record,
     run_protocol,
 )
@@ -96,13 +98,18 @@ def _resign_inputs(inputs, keys, genesis, config):
     report_keys = keys.validator_report_keys()
     scheme = worker_signature_scheme("ed25519")
     sampler = spot_check(config["budget"])
+    proven = {c.worker: c for rep in inputs.reports for c in rep.checks if c.proof}
     reports = []
     for rep in inputs.reports:
         ctx = SimpleNamespace(chain_id=rep.chain_id, round=rep.round, n_workers=len(rep.checks))
         sk = keys.validator_secret_keys[rep.validator]
         sel = sampler.select(ctx, rep.validator, keys.validator_set.n, sk)
         checks = tuple(
-            dataclasses.replace(
+            # A newly sampled worker that another validator proved wrong: the forger
+            # "recomputes" it and cites that proof; any other sampled one it vouches for.
+            proven[c.worker]
+            if c.worker in sel.workers and c.worker in proven
+            else dataclasses.replace(
                 c, recomputed=bool(c.proof) or (c.worker in sel.workers and c.accepted)
             )
             for c in rep.checks
@@ -172,12 +179,17 @@ def reforge(src, dst, keys, *, genesis_edit=None, record_edit=None, drop_side_fi
             ):
                 held.append((rec.kind, rec.payload))  # theta_r and the proofs, kept in order
             elif rec.kind == RecordKind.LEDGER:
-                provers = {}
+                by_digest = {}
                 for kind, payload in held:
                     if kind == RecordKind.FRAUD_PROOF:
-                        prover, proof_bytes = decode_fraud_record(payload)
-                        worker = FraudProof.decode(proof_bytes).worker
-                        provers.setdefault(worker, set()).add(prover)
+                        proof_bytes = decode_fraud_record(payload)[1]
+                        by_digest[hashlib.sha256(proof_bytes).digest()] = proof_bytes
+                held = [x for x in held if x[0] != RecordKind.FRAUD_PROOF]
+                provers = {}
+                for v, d in cited_proofs(inputs):  # the re-drawn samples cite anew
+                    held.append((RecordKind.FRAUD_PROOF, encode_fraud_record(v, by_digest[d])))
+                    worker = FraudProof.decode(by_digest[d]).worker
+                    provers.setdefault(worker, set()).add(v)
                 record = dataclasses.replace(pending, genesis=digest, inputs_digest=inputs.digest())
                 if record_edit:
                     record = record_edit(record)
