@@ -24,6 +24,7 @@ from pot_jax.crypto.vrf import (
     vrf_proof_to_output,
     vrf_prove,
     vrf_verify,
+    vrf_verify_many,
 )
 
 # Chi-square tests reject at this p-value. With a fixed seed they are
@@ -321,3 +322,27 @@ def test_real_vrf_outputs_sample_uniformly():
     assert len(set(outputs)) == 700
     p = _subset_chi_square(lambda out: sample_workers(out, 7, 0.4), 7, 3, outputs)
     assert p > P_THRESHOLD
+
+
+def test_verifying_many_proofs_at_once_gives_each_proofs_own_answer():
+    """One batched pairing for a round's selections; a bad proof never hides a good one."""
+    sks = [bls.KeyGen(bytes([i + 1]) * 32) for i in range(5)]
+    pks = [bls.SkToPk(sk) for sk in sks]
+    alpha = sample_input(b"chain", 7)
+    items = []
+    for sk, pk in zip(sks, pks, strict=True):
+        output, proof = vrf_prove(sk, alpha)
+        items.append((pk, alpha, output, proof))
+    assert vrf_verify_many(items) == [True] * 5
+    swapped = list(items)
+    swapped[1] = (pks[2], *items[1][1:])  # another validator's key
+    wrong_output = list(items)
+    wrong_output[3] = (*items[3][:2], hashlib.sha256(b"x").digest(), items[3][3])
+    other_input = list(items)
+    other_input[0] = (pks[0], sample_input(b"chain", 8), *items[0][2:])
+    truncated = list(items)
+    truncated[4] = (*items[4][:3], items[4][3][:-1])
+    for bad in (swapped, wrong_output, other_input, truncated):
+        assert vrf_verify_many(bad) == [vrf_verify(*x) for x in bad]
+        assert vrf_verify_many(bad).count(False) == 1
+    assert vrf_verify_many([]) == []
