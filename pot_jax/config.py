@@ -360,6 +360,16 @@ class ProtocolConfig(_LearningConfig):
         0.0,
     )
     checkpoint_every: int = _help("rounds between model checkpoints in the transcript", 100)
+    worker_churn: float = _help(
+        "probability that a training node is down in a round (crashed or churned away): it "
+        "sends nothing and is rejected as no_submission, never slashed",
+        0.0,
+    )
+    submission_deadline: float = _help(
+        "network delays after a round starts by which a submission must reach a validator "
+        "(one delay = the mean message latency); later ones are rejected as no_submission",
+        2.0,
+    )
     chain_id: str = _help("the run's chain id (signed by workers and validators)", "pot-jax/run")
     keys: str = _help(
         "where every node's secret key comes from: 'random' (the operating system; kept in "
@@ -379,6 +389,15 @@ class ProtocolConfig(_LearningConfig):
             raise ConfigError(f"validators = {self.validators}: at most {MAX_VALIDATORS}")
         if self.validators < 4:
             raise ConfigError(f"validators = {self.validators}: PBFT needs at least 4")
+        if not 0 <= self.worker_churn < 1:
+            raise ConfigError(
+                f"worker_churn = {self.worker_churn!r}: expected a probability in [0, 1)"
+            )
+        if not (self.submission_deadline > 0 and math.isfinite(self.submission_deadline)):
+            raise ConfigError(
+                f"submission_deadline = {self.submission_deadline!r}: expected a positive "
+                "number of network delays"
+            )
         if not 0 <= self.byzantine_fraction < 1:
             raise ConfigError(
                 f"byzantine_fraction = {self.byzantine_fraction!r}: expected a value in [0, 1)"

@@ -152,6 +152,23 @@ class TimedNetwork:
             lambda: self.cluster.fire_timer(node_id, timer.name, timer.token, inc),
         )
 
+    def message_time(self) -> float | None:
+        """When a message sent now arrives, by the same rules as ``send``; None if dropped.
+
+        For messages outside the PBFT cluster (the protocol's role messages):
+        latency, random drops before GST and the GST + delta bound apply;
+        partitions, which name replica ids, do not.
+        """
+        cfg, t = self.config, self.time
+        if t < cfg.gst and self.rng.random() < cfg.drop_rate:
+            return None
+        delay = cfg.latency.sample(self.rng)
+        return t + min(delay, cfg.delta) if t >= cfg.gst else min(t + delay, cfg.gst + cfg.delta)
+
+    def schedule(self, at: float, action: Callable[[], None]) -> None:
+        """Run ``action()`` at virtual time ``at`` (an event of the same queue)."""
+        self._push(at, action)
+
     # -- scheduling ---------------------------------------------------------------
 
     def submit_at(self, at: float, value: bytes, nodes: Sequence[int] | None = None) -> None:

@@ -135,6 +135,21 @@ def own_knowledge_context(ctx: AttackContext, worker: int, honest_WxP, buffer) -
     return ctx._replace(grads_WxP=buffer)
 
 
+class _Gradients(dict):
+    def __init__(self, held, fetch):
+        super().__init__(held)
+        self._fetch = fetch
+
+    def get(self, worker, default=None):
+        if worker in self:
+            return self[worker]
+        if self._fetch is not None:
+            fetched = self._fetch(worker)
+            if fetched is not None:
+                return fetched
+        return default
+
+
 @dataclass(frozen=True)
 class ReportDue:
     """Deadline for the round's submissions: check them and report."""
@@ -165,9 +180,20 @@ class Validator:
     """A committee member's verification role and the aggregation server beside it."""
 
     def __init__(
-        self, index, sk, report_sk, rules: RoundRules, behaviours=(), memo=None, faulty=False
+        self,
+        index,
+        sk,
+        report_sk,
+        rules: RoundRules,
+        behaviours=(),
+        memo=None,
+        faulty=False,
+        fetch=None,
     ):
         self.index, self.sk, self.report_sk = index, sk, report_sk
+        # fetch(worker) -> the gradient a peer holds for it (None: nobody does); used
+        # for an accepted worker whose submission missed this validator's deadline.
+        self.fetch = fetch
         self.faulty = faulty or bool(behaviours)
         self.rules, self.behaviours = rules, tuple(behaviours)
         self.memo = {} if memo is None else memo
@@ -176,6 +202,7 @@ class Validator:
         self.reports: dict[int, ReportMessage] = {}
         self.own_report: ReportMessage | None = None
         self.recomputed: set[int] = set()
+        self.proposed = False
 
     @property
     def honest(self) -> bool:
@@ -183,13 +210,13 @@ class Validator:
 
     def start(self, state: RoundState) -> None:
         self.state, self.submissions, self.reports = state, {}, {}
-        self.own_report, self.recomputed = None, set()
+        self.own_report, self.recomputed, self.proposed = None, set(), False
 
     def step(self, event) -> list:
         if isinstance(event, Submission):
             w = event.worker
-            if isinstance(w, int) and 0 <= w < self.rules.n_workers:
-                self.submissions.setdefault(w, event)
+            if self.own_report is None and isinstance(w, int) and 0 <= w < self.rules.n_workers:
+                self.submissions.setdefault(w, event)  # after its report: too late to count
             return []
         if isinstance(event, ReportMessage):
             if event.report.round == self.state.round:
@@ -202,6 +229,7 @@ class Validator:
             return [message]
         if isinstance(event, ProposeDue):
             value = self.propose(event.evidence)
+            self.proposed = value is not None
             return [] if value is None else [Propose(value)]
         if isinstance(event, Committed):
             self.start(event.state)
@@ -273,8 +301,10 @@ class Validator:
         )
         return inputs, proofs
 
-    def gradients(self) -> dict[int, Any]:
-        return {w: s.gradient for w, s in self.submissions.items()}
+    def gradients(self) -> Mapping[int, Any]:
+        """The gradients this validator received; others are fetched from a peer on demand
+        (``new_model`` hashes a fetched one against the accepted commitment)."""
+        return _Gradients({w: s.gradient for w, s in self.submissions.items()}, self.fetch)
 
     def known_digests(self) -> dict[int, bytes]:
         """Commitments this validator's cheap checks hashed the received gradient to."""
@@ -312,7 +342,9 @@ class Validator:
         return RoundInputs(inputs.reports, kept)
 
     def derive(self, inputs: RoundInputs, proofs: Mapping[bytes, bytes]):
-        key = ("derive", self.state.round, self.state.params_hash, inputs.digest())
+        # Validators holding the same submissions compute the same outcome.
+        held = tuple(sorted(self.submissions))
+        key = ("derive", self.state.round, self.state.params_hash, inputs.digest(), held)
         gradients = self.gradients()
 
         def compute():
@@ -344,7 +376,8 @@ class Validator:
             return self._validate(value)
         # Honest validators holding the same submissions and reports give the same
         # answer; in one simulation process they share it (``memo``).
-        key = ("validate", self.state.round, hashlib.sha256(value).digest())
+        held = tuple(sorted(self.submissions))
+        key = ("validate", self.state.round, hashlib.sha256(value).digest(), held)
         if key not in self.memo:
             self.memo[key] = self._validate(value)
         return self.memo[key]

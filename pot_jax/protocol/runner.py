@@ -2,14 +2,14 @@
 
 The runner is a driver: it owns no protocol logic. Each round it
 
-1. asks every **training node** (``roles.TrainingNode``) for its signed
+1. asks every running **training node** (``roles.TrainingNode``) for its signed
    submission (one host computes the honest nodes' gradients; a Byzantine
    node computes its attack from its own gradient and public data, or, for a
    colluding attack, also from the honest gradients, a channel the genesis
    names);
-2. delivers every submission to every reporting **validator**
-   (``roles.Validator``), which checks them, recomputes its VRF sample and
-   returns a signed report; delivers every report to every validator;
+2. sends every submission to every reporting **validator**
+   (``roles.Validator``); at the deadline each checks what arrived,
+   recomputes its VRF sample and broadcasts a signed report;
 3. lets the **aggregation server** beside each validator derive the round
    with ``protocol.round.transition`` and submits that value to its own PBFT
    replica; the replicas order one value per round through the deterministic
@@ -24,9 +24,15 @@ directory, or the named simulation option ``derived``; ``protocol.keys``); the
 run header holds the signed genesis (``protocol.genesis``) with public keys
 only, and a finished run ends with a signed closing record.
 
-Simulation shortcuts, deterministic and documented: submissions and reports
-reach every validator (reliable broadcast, no latency: the round's role
-messages are not yet routed through the simulator, only PBFT's are); pure
+Role messages (submissions, reports) are events of the same simulator as
+PBFT's: each reaches each validator after a sampled latency (and may be
+dropped before GST); a submission that misses ``submission_deadline`` or a
+node that is down (``worker_churn``) is rejected as ``no_submission``.
+
+Simulation shortcuts, deterministic and documented: partitions (which name
+replica ids) do not apply to role messages; a validator missing an accepted
+worker's gradient fetches it from a peer that received it, untimed (it is
+hashed against the accepted commitment); pure
 checks (report signatures, VRF selections, fraud proofs, a re-derivation of
 the same inputs with the same gradients) are computed once per process and
 shared by the validators (``memo``), who would compute the same bytes; a
@@ -357,6 +363,7 @@ class ProtocolRun:
                 behaviours=strategies[i].role if i in bad else (),
                 memo=self.memo,
                 faulty=i in bad,
+                fetch=self._fetch,
             )
             for i in range(n)
         ]
@@ -437,10 +444,13 @@ class ProtocolRun:
 
     # -- one round --
 
-    def _submissions(self, r: int, batch_of) -> tuple[dict, set[int]]:
-        """Every active training node's signed submission; and (ground truth) the wrong ones."""
+    def _submissions(self, r: int, batch_of) -> tuple[dict, set[int], set[int]]:
+        """Every running training node's signed submission; (ground truth) the wrong ones;
+        the nodes down this round (``worker_churn``)."""
         config, W, state = self.config, self.config.workers, self.state
-        active = [w for w in range(W) if w not in state.banned]
+        churn = np.random.default_rng([config.seed, r, 0xC0FFEE])  # public, like the batches
+        down = {w for w in range(W) if churn.random() < config.worker_churn}
+        active = [w for w in range(W) if w not in state.banned and w not in down]
         # Each node's host computes its honest gradient (one host in this simulation).
         honest = worker_program(self.learner, state.params, batch_of, W, active, config.mode)
         task = RoundTask(r, state.params, self.chain_id)
@@ -479,7 +489,24 @@ class ProtocolRun:
             ):
                 wrong.add(w)
         self.counts["worker_gradients"] += len(active)
-        return submissions, wrong
+        return submissions, wrong, down
+
+    def _fetch(self, worker: int):
+        """A missing accepted gradient, from a validator that received it (not timed)."""
+        for v in self.reporting:
+            sub = v.submissions.get(worker)
+            if sub is not None:
+                return sub.gradient
+        return None
+
+    def _send(self, deliver) -> None:
+        """A role message: ``deliver()`` runs when the simulator's latency says it arrives."""
+        at = self.net.message_time()
+        self.counts["role_messages"] += 1
+        if at is None:
+            self.counts["role_messages_dropped"] += 1
+            return
+        self.net.schedule(at, deliver)
 
     def _pending_evidence(self) -> tuple:
         """Equivocation evidence the honest replicas collected and nobody was slashed for."""
@@ -496,31 +523,49 @@ class ProtocolRun:
             v.start(state)
         batch_of = self.batches.of_round(r)
 
-        # Work: each training node sends its signed gradient to every validator.
-        submissions, wrong = self._submissions(r, batch_of)
-        for v in self.reporting:
-            for sub in submissions.values():
-                v.step(sub)
+        # The round's role messages are events of the simulator: each submission and
+        # report reaches each validator after a sampled latency; what has not arrived
+        # by its deadline is not there (a late or crashed node is a protocol event).
+        net, t0 = self.net, self.net.time
+        report_due = t0 + config.submission_deadline
+        propose_due = report_due + net.config.delta
+        submissions, wrong, down = self._submissions(r, batch_of)
+        for sub in submissions.values():
+            for v in self.reporting:
+                self._send(lambda v=v, sub=sub: v.step(sub))
 
-        # Verification: each reporting validator checks and broadcasts its signed report.
-        reports = [m for v in self.reporting for m in v.step(ReportDue())]
-        for v in self.reporting:
-            for m in reports:
-                v.step(m)
-        recomputed = set()
-        for v in self.reporting:
-            if v.honest:
-                self.counts["recomputed"] += len(v.recomputed)
-                recomputed |= v.recomputed
+        recomputed: set[int] = set()
 
-        # Proposal: every reporting validator's server derives the round and submits it to
-        # its own replica; the primary proposes, the others keep it pending (a view change
-        # after a faulty primary then commits it).
-        evidence = self._pending_evidence()
-        for v in self.reporting:
-            for out in v.step(ProposeDue(evidence)):
-                if self.cluster.nodes[v.index].up:
+        def report() -> None:
+            for v in self.reporting:
+                if not self.cluster.nodes[v.index].up:
+                    continue
+                for message in v.step(ReportDue()):
+                    for other in self.reporting:
+                        if other is not v:
+                            self._send(lambda o=other, m=message: o.step(m))
+                if v.honest:
+                    self.counts["recomputed"] += len(v.recomputed)
+                    recomputed.update(v.recomputed)
+
+        def propose() -> None:
+            # Every reporting validator's server derives the round and submits it to its
+            # own replica; the primary proposes, the others keep it pending (a view change
+            # after a faulty primary then commits it). Too few reports yet: try again.
+            evidence = self._pending_evidence()
+            waiting = False
+            for v in self.reporting:
+                if not self.cluster.nodes[v.index].up or v.proposed:
+                    continue
+                outs = v.step(ProposeDue(evidence))
+                waiting |= not v.proposed
+                for out in outs:
                     self.cluster.submit(out.value, nodes=[v.index])
+            if waiting and net.time < t0 + MAX_ROUND_VIRTUAL_TIME:
+                net.schedule(net.time + net.config.delta, propose)
+
+        net.schedule(report_due, report)
+        net.schedule(propose_due, propose)
 
         # Agreement: PBFT with BLS quorum certificates.
         seq = r + 1
@@ -529,7 +574,7 @@ class ProtocolRun:
         def decided() -> bool:
             return all(any(d.seq == seq for d in x.decisions) for x in honest_nodes if x.up)
 
-        self.net.run(until=self.net.time + MAX_ROUND_VIRTUAL_TIME, stop=decided)
+        self.net.run(until=t0 + MAX_ROUND_VIRTUAL_TIME, stop=decided)
         if not decided():
             faulty = len(self.config.byzantine_validator_ids)
             raise NoQuorum(
@@ -611,6 +656,7 @@ class ProtocolRun:
             "recomputed": len(recomputed),
             "view": view,
             "messages": int(sum(self.cluster.stats.sent.values())) - messages_before,
+            "workers_down": len(down),
             "virtual_time": self.net.time,
             "round_wall_seconds": time.perf_counter() - round_start,
         }

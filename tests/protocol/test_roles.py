@@ -273,3 +273,27 @@ def test_report_decoding_refuses_non_canonical_bytes(tmp_path):
         Report.decode(data + b"\x00")
     with pytest.raises(MessageError):
         Report.decode(data[:-5])
+
+
+def test_crashed_and_late_training_nodes_are_rejected_as_absent_never_slashed(tmp_path):
+    """Churn and lateness are protocol events: the submission is not there at the deadline."""
+    summary, run_dir = _run(
+        tmp_path, byzantine_validators="", worker_churn=0.3, submission_deadline=1.0, rounds=6
+    )
+    _safe(summary, run_dir)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["workers_down"] for r in rows) > 0
+    assert summary.rejections_by_category.get("no_submission", 0) > sum(
+        r["workers_down"] for r in rows
+    )  # the down ones, and some late ones
+    assert set(summary.cheaters_caught) <= set(summary.byzantine_workers)
+    assert summary.slashed_validators == {}
+
+
+def test_a_round_where_nothing_arrives_in_time_commits_and_keeps_the_model(tmp_path):
+    summary, run_dir = _run(tmp_path, byzantine_validators="", submission_deadline=0.01, rounds=2)
+    _safe(summary, run_dir)
+    for payload in _records(run_dir, RecordKind.ROUND):
+        record = RoundRecord.decode(payload)
+        assert not record.accepted and record.new_params_hash == record.params_hash
+        assert {x.category for x in record.rejected} == {"no_submission"}
