@@ -223,6 +223,9 @@ def judge(
     Raises ``InputsError`` for inputs no honest validator may accept.
     """
     r, n, W = state.round, rules.n_validators, rules.n_workers
+    validators = [rep.validator for rep in inputs.reports]
+    if validators != sorted(set(validators)):
+        raise InputsError(f"round {r}: the reports must be one per validator, in order")
     if len(inputs.reports) < rules.quorum:
         raise InputsError(
             f"round {r}: {len(inputs.reports)} reports, a quorum is {rules.quorum} of {n}"
