@@ -7,8 +7,9 @@ files) and CIFAR-10 (python pickles) are read from local directories only.
 
 Every dataset comes back as a frozen :class:`Dataset` of read-only arrays:
 inputs float32 in NHWC (or ``(length, channels)`` for sequences), labels int32.
-Worker shards are index arrays from :func:`iid_partition` or
-:func:`dirichlet_partition` (label-skewed, non-IID).
+Worker shards are index arrays from :func:`iid_partition`,
+:func:`dirichlet_partition` (label-skewed, non-IID) or
+:func:`gamma_similarity_partition` (ByzFL's heterogeneity levels).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ __all__ = [
     "DatasetFormatError",
     "cache_dir",
     "dirichlet_partition",
+    "gamma_similarity_partition",
     "iid_partition",
     "load_cifar10",
     "load_dataset",
@@ -902,3 +905,47 @@ def dirichlet_partition(
         sizes_W[worker] += 1
     order = np.argsort(owner_N, kind="stable")
     return list(np.split(order.astype(np.int64), np.cumsum(sizes_W)[:-1]))
+
+
+def gamma_similarity_partition(
+    labels: np.ndarray, n_workers: int, gamma: float, seed: int
+) -> list[np.ndarray]:
+    """ByzFL's gamma-similarity shards: a fraction ``gamma`` IID, the rest by sorted label.
+
+    As ByzFL's ``DataDistributor`` (``gamma_similarity_niid``, used by its
+    benchmark with gamma in {1, 0.66, 0.33, 0}): the examples are shuffled,
+    the first ``floor(gamma * n)`` of that order are split uniformly among
+    the workers, and the rest are sorted by label (ties by index) and cut
+    into ``n_workers`` contiguous blocks, worker i taking block i
+    (``np.array_split`` sizes throughout). So ``gamma = 1`` is
+    :func:`iid_partition`'s kind of split and ``gamma = 0`` gives each worker
+    one block of the label-sorted examples (with 10 balanced classes and 10
+    workers, one class each). ``gamma`` is read exactly as written
+    (``0.33 * 100`` is 33). Each index appears in exactly one shard; shards
+    are sorted int64 arrays; the result is deterministic in ``seed``.
+    """
+    labels_N = np.asarray(labels)
+    if labels_N.ndim != 1 or not np.issubdtype(labels_N.dtype, np.integer):
+        raise ValueError(
+            f"labels must be a 1-D integer array, got shape {labels_N.shape} of {labels_N.dtype}"
+        )
+    n = labels_N.shape[0]
+    _check_workers(n, n_workers)
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float | np.floating | Fraction):
+        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    if isinstance(gamma, float | np.floating) and not math.isfinite(gamma):
+        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    exact = gamma if isinstance(gamma, int | Fraction) else Fraction(str(float(gamma)))
+    if not 0 <= exact <= 1:
+        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    order_N = np.random.default_rng(seed).permutation(n)
+    n_iid = math.floor(exact * n)
+    iid_part, rest = order_N[:n_iid], order_N[n_iid:]
+    by_label = rest[np.lexsort((rest, labels_N[rest]))]
+    shards = [
+        np.concatenate([shared, block])
+        for shared, block in zip(
+            np.array_split(iid_part, n_workers), np.array_split(by_label, n_workers), strict=True
+        )
+    ]
+    return [np.sort(shard).astype(np.int64) for shard in shards]

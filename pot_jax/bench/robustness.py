@@ -1,0 +1,1446 @@
+"""Robust aggregation against ByzFL's attacks, with and without spot checks (issue 15).
+
+**The sweep ByzFL runs.** ByzFL's benchmark (LPD-EPFL/byzfl,
+``byzfl/benchmark/benchmark.py``, ``default_config``; ``train.py``,
+``fed_framework/client.py``) trains by D-SGD with 10 honest workers and
+f = 1..4 Byzantine ones, heterogeneity by gamma-similarity {1, 0.66, 0.33, 0}
+(:func:`~pot_jax.learning.datasets.gamma_similarity_partition`), for every
+aggregation rule with its pre-aggregators and every attack. Honest workers
+hold the data (the Byzantine ones hold none), each sends its momentum
+``m = 0.9 m + 0.1 g`` over a batch of 25 of its own examples; the Byzantine
+workers send what the attack computes from the honest vectors; the server
+aggregates and takes an SGD step (learning rate 0.1, constant; weight decay
+1e-4). Test accuracy is evaluated every 50 steps. A heatmap cell is the
+worst case over attacks of the best accuracy the seed-mean curve reached
+(``evaluate_results.test_heatmap``), and so is ours (``worst_best``), with
+the spread over seeds of the worst attack's per-seed best; ``worst_final``
+does the same with the final accuracy.
+
+Preset ``mnist`` is ByzFL's published MNIST setting: its ``cnn_mnist``
+(conv 20 and 50 channels of 5x5, max-pool, dense 500, 431,080 parameters),
+80% of the training set split among the workers (ByzFL keeps 20% for
+validation), batch 25, 800 steps, 3 seeds; files read from ``--data-dir``.
+Preset ``mnist1d`` is the same sweep on MNIST-1D (an MLP, batch 32), and
+``mini`` the part of it committed in benchmarks/results/robustness.json.
+
+**Attacks** are the registered ones (:mod:`pot_jax.attacks.robust`, ByzFL's
+set and beyond), re-expressed in JAX here so that a whole run is one jitted
+``lax.scan`` (tests/bench checks each against its registered version).
+The statistics an attack uses are those of the rows the workers computed:
+the honest momentum vectors here, where ByzFL's Byzantine workers hold no
+data (``ipm:epsilon=1`` is ByzFL's ``SignFlipping``, minus the honest mean),
+or every worker's gradient in ``protocol`` mode, as :mod:`pot_jax.attacks`
+defines them. ``optimal_ipm`` and ``optimal_alie`` search against the run's
+aggregator, pre-aggregators included, as ByzFL's do. Attacks that send a
+function of the worker's own gradient (``sign_flip``, ``scaled``) exist only
+in ``protocol`` mode; ByzFL's ``LabelFlipping`` (the mean of the honest
+workers' gradients on flipped labels) is ``label_flip``.
+
+**Verification.** ``verification="spot_check_model"`` is the protocol's spot
+checks and bans at the learning level: each round each Byzantine worker not
+yet banned is recomputed with probability ``d = 1 - (1 - p / n_v)^h``
+(``detection_probability``: budget p, n_v validators of which h honest; the
+protocol default 0.1, 4 and 3 gives d = 0.0731); a recomputed wrong gradient
+is rejected in that round and its worker excluded for the rest of the run
+(fraud proof and ban). Every attack here always sends something other than
+its own gradient, so a recomputed Byzantine row is always wrong (in
+``protocol`` mode this is checked row by row). ``verification="none"`` is
+robust aggregation alone. In both, every server rejects non-finite rows (the
+protocol's cheap checks; rules assume finite rows), and the server declares
+the real number of Byzantine workers among what it aggregates, as ByzFL's
+``declared_equal_real``: f minus the workers banned so far. The server also
+shuffles the worker order every round (ByzFL's bucketing draws a fresh
+permutation each call), so no rule depends on which slot a worker has. The
+no-attack runs (attack ``none``) have the 10 honest workers alone, declared
+f = 0: there the trimmed mean and NNM are the mean, and the mean's no-attack
+accuracy is the reference of the 2-point goal (:func:`summarize_runs`).
+:func:`validate_against_protocol` runs the real protocol
+(:func:`pot_jax.protocol.run_protocol`, verification ``spot_check``) and
+this model in ``protocol`` mode on the same cell.
+
+Where we differ from ByzFL: batches are drawn in epochs without replacement
+as their data loaders do, but a last partial batch is dropped; the
+geometric median is ours (8 Weiszfeld steps from the coordinate median,
+ByzFL: 3 steps smoothed by nu = 0.1); centered clipping starts from the mean
+of the inputs (ByzFL: from its previous output); bucketing uses s = 2
+(ByzFL's default s = 1 averages nothing); ``optimal_*`` search a fixed grid
+(:func:`pot_jax.attacks.robust.scale_grid`) rather than ByzFL's 20-step
+expansion and contraction; ByzFL tunes learning rate, momentum and weight
+decay on validation accuracy against the worst attack, we keep its defaults
+(on MNIST-1D, learning rate 0.3: see :class:`RobustnessConfig`). Every random
+choice (initialisation, batches, checks, row order, attack noise) derives
+from the run's seed, so a run repeats exactly.
+
+Run ``python -m pot_jax.bench.robustness --json [--preset mini|mnist1d|mnist]
+[--data-dir DIR] [--validate]``: writes benchmarks/results/robustness.json
+(refusing to overwrite it without ``--force``) and prints the result.
+Runtimes on a 2-core CPU: see :data:`PRESETS` and the README of paper_figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import pot_jax.attacks.robust  # noqa: F401  (registers ByzFL's attacks in ATTACKS)
+from pot_jax.attacks.robust import scale_grid
+from pot_jax.attacks.workers import ATTACKS, alie_z, choose_byzantine
+from pot_jax.learning.aggregation import (
+    PRE_AGGREGATOR_NAMES,
+    RULE_NAMES,
+    RULES,
+    AggregationRule,
+    krum_scores,
+)
+from pot_jax.learning.datasets import (
+    Dataset,
+    dirichlet_partition,
+    gamma_similarity_partition,
+    iid_partition,
+    load_dataset,
+)
+from pot_jax.learning.models import Model, make_model
+from pot_jax.learning.steps import Learner, make_learner, make_optimizer
+from pot_jax.registry import parse_spec
+from pot_jax.runinfo import run_metadata
+from pot_jax.verification.schemes import detection_probability
+
+__all__ = [
+    "BYZFL_ATTACKS",
+    "DEFAULT_OUT",
+    "PRESETS",
+    "VERIFICATIONS",
+    "RobustnessConfig",
+    "ValidationConfig",
+    "all_aggregators",
+    "catch_probability",
+    "heterogeneity_shards",
+    "main",
+    "measure_robustness",
+    "summarize_runs",
+    "validate_against_protocol",
+]
+
+DEFAULT_OUT = Path("benchmarks/results/robustness.json")
+VERIFICATIONS = ("none", "spot_check_model")
+NO_ATTACK = "none"
+
+# ByzFL's attacks as registered specs (ByzFL's class name -> ours), then the ones it lacks.
+BYZFL_ATTACKS = (
+    "ipm:epsilon=1.0",  # SignFlipping: minus the honest mean
+    "fall_of_empires",  # FallOfEmpires (tau = 3) = InnerProductManipulation (tau = 2)
+    "optimal_ipm",  # Optimal_InnerProductManipulation, against the run's aggregator
+    "alie",  # ALittleIsEnough (ours: z = alie_z(n, f), theirs: tau = 1.5)
+    "optimal_alie",  # Optimal_ALittleIsEnough
+    "mimic",  # Mimic (ours: the most extreme honest worker each round)
+    "inf",  # Inf (rejected by the finiteness check)
+    "gaussian",  # Gaussian (sigma = 1)
+    "label_flip",  # LabelFlipping (the honest workers' mean gradient on flipped labels)
+)
+BEYOND_BYZFL = ("min_max", "min_sum", "fang_krum", "fang_trimmed_mean")
+PRE_AGGREGATIONS = ("", *PRE_AGGREGATOR_NAMES, "clipping+nnm")  # "": none; ByzFL's default chain
+
+
+def all_aggregators(
+    rules: Sequence[str] = RULE_NAMES, pres: Sequence[str] = PRE_AGGREGATIONS
+) -> tuple[str, ...]:
+    """Every rule with and without each pre-aggregator: ``mean``, ``nnm+mean``, ..."""
+    return tuple(f"{pre}+{rule}" if pre else rule for rule in rules for pre in pres)
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """One sweep: every (heterogeneity, f, aggregator, attack, verification, seed) run.
+
+    The defaults are the full sweep on MNIST-1D (preset ``mnist1d``): ByzFL's
+    grid and hyperparameters, but an MLP (40-64-10, 3,274 parameters), batch
+    32 and learning rate 0.3, with which D-SGD over the 10 honest workers
+    plateaus (test accuracy 0.57-0.60) within the 800 steps (at ByzFL's 0.1
+    it is still rising at 2000).
+
+    ``heterogeneity`` entries are ``gamma:G`` (gamma-similarity),
+    ``dirichlet:ALPHA``, ``iid`` or ``shared``; ``aggregators`` are rule
+    specs without parameters (``nnm+krum``), whose f, trim, m, c, s and tau
+    the sweep fills in; ``attacks`` are registered attack specs
+    (``optimal_ipm`` gets the run's aggregator as its ``rule``);
+    ``byzantine`` are the f values. Each run is ``steps`` server steps with
+    test accuracy every ``eval_every``. ``runs_per_call`` runs of one (f,
+    aggregator) are vmapped into one jitted call.
+    """
+
+    dataset: str = "mnist1d"
+    data_dir: str | None = None
+    train_fraction: float = 1.0
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (64,)
+    channels: tuple[int, ...] = (16, 32)
+    honest: int = 10
+    byzantine: tuple[int, ...] = (1, 2, 3, 4)
+    heterogeneity: tuple[str, ...] = ("gamma:1.0", "gamma:0.66", "gamma:0.33", "gamma:0.0")
+    aggregators: tuple[str, ...] = all_aggregators()
+    attacks: tuple[str, ...] = BYZFL_ATTACKS + BEYOND_BYZFL
+    verifications: tuple[str, ...] = VERIFICATIONS
+    steps: int = 800
+    eval_every: int = 50
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    learning_rate: float = 0.3
+    weight_decay: float = 1e-4
+    worker_momentum: float = 0.9
+    clip_c: float = 2.0
+    bucket_s: int = 2
+    cc_tau: float = 100.0
+    budget: float = 0.1
+    validators: int = 4
+    byzantine_validators: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data_seed: int = 0
+    runs_per_call: int = 12
+
+    def __post_init__(self):
+        for name in ("honest", "steps", "eval_every", "batch_size", "runs_per_call"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} = {value!r}: expected a positive integer")
+        if self.steps % self.eval_every:
+            raise ValueError(
+                f"steps = {self.steps} is not a multiple of eval_every = {self.eval_every}"
+            )
+        if not self.byzantine or any(int(f) < 0 for f in self.byzantine):
+            raise ValueError(f"byzantine = {self.byzantine!r}: expected counts >= 0")
+        unknown = sorted(set(self.verifications) - set(VERIFICATIONS))
+        if unknown or not self.verifications:
+            raise ValueError(
+                f"verifications = {self.verifications!r}: expected some of {VERIFICATIONS}"
+            )
+        if not 0 <= self.worker_momentum < 1:
+            raise ValueError(f"worker_momentum = {self.worker_momentum!r}: expected [0, 1)")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"train_fraction = {self.train_fraction!r}: expected (0, 1]")
+        if not self.seeds:
+            raise ValueError("seeds: expected at least one seed")
+
+
+# The searching attacks of the mini sweep try 13 scales in [0.1, 100] (the registered
+# default: 42 in [0.01, 1000]; ByzFL: 20 evaluations), each one call of the aggregator.
+_SEARCH = "low=0.1,high=100.0,points=12"
+MINI_AGGREGATORS = (
+    "mean",
+    "coordinate_median",
+    "trimmed_mean",
+    "nnm+trimmed_mean",
+    "clipping+nnm+trimmed_mean",
+    "arc+trimmed_mean",
+    "bucketing+trimmed_mean",
+    "krum",
+    "nnm+krum",
+    "geometric_median",
+)
+MINI_ATTACKS = (
+    "ipm:epsilon=1.0",
+    f"optimal_ipm:{_SEARCH}",
+    "alie",
+    f"optimal_alie:{_SEARCH}",
+    "mimic",
+    "label_flip",
+    "min_max",
+)
+PRESETS: dict[str, RobustnessConfig] = {
+    # ByzFL's published MNIST setting (not run on the 2-core machine: no MNIST files there;
+    # 72 aggregators x 13 attacks x 16 cells x 3 seeds x 2 is ~90k runs of 800 steps).
+    "mnist": RobustnessConfig(
+        dataset="mnist",
+        train_fraction=0.8,
+        model="byzfl_cnn_mnist",
+        batch_size=25,
+        learning_rate=0.1,
+        runs_per_call=6,
+    ),
+    # The same sweep on MNIST-1D (the full grid: ~40k runs; days on a 2-core CPU).
+    "mnist1d": RobustnessConfig(),
+    # The part of it run here (about 25 min on the shared 2-core CPU): f in {1, 4}, three
+    # gamma levels, 10 aggregators, 7 attacks, 2 seeds.
+    "mini": RobustnessConfig(
+        byzantine=(1, 4),
+        heterogeneity=("gamma:1.0", "gamma:0.33", "gamma:0.0"),
+        aggregators=MINI_AGGREGATORS,
+        attacks=MINI_ATTACKS,
+        seeds=(0, 1),
+    ),
+    # Seconds: the tests' setting.
+    "tiny": RobustnessConfig(
+        dataset="teacher",
+        hidden=(16,),
+        honest=4,
+        byzantine=(1,),
+        heterogeneity=("gamma:1.0", "gamma:0.0"),
+        aggregators=("mean", "trimmed_mean"),
+        attacks=("ipm:epsilon=10.0", "alie"),
+        steps=40,
+        eval_every=20,
+        batch_size=8,
+        seeds=(0,),
+    ),
+}
+
+
+def catch_probability(config) -> float:
+    """Per round, the chance that a cheating worker is recomputed by an honest validator."""
+    honest = config.validators - config.byzantine_validators
+    return float(detection_probability(config.budget, config.validators, honest, 1.0, 1))
+
+
+# --------------------------------------------------------------------------- #
+# Data and model
+# --------------------------------------------------------------------------- #
+
+
+def heterogeneity_shards(
+    spec: str, labels: np.ndarray, n_workers: int, seed: int
+) -> list[np.ndarray]:
+    """The workers' shards for ``gamma:G``, ``dirichlet:A``, ``iid`` or ``shared``."""
+    kind, _, value = spec.partition(":")
+    if kind == "gamma" and value:
+        return gamma_similarity_partition(labels, n_workers, float(value), seed)
+    if kind == "dirichlet" and value:
+        return dirichlet_partition(labels, n_workers, float(value), seed)
+    if kind == "iid" and not value:
+        return iid_partition(len(labels), n_workers, seed)
+    if kind == "shared" and not value:
+        return [np.arange(len(labels), dtype=np.int64)] * n_workers
+    raise ValueError(
+        f"heterogeneity {spec!r}: expected gamma:G (G in [0, 1]), dirichlet:ALPHA, iid or shared"
+    )
+
+
+class _ByzflCnnMnist(nn.Module):
+    """ByzFL's ``cnn_mnist``: conv 20 (5x5), pool, conv 50 (5x5), pool, dense 500, dense 10."""
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        h = nn.max_pool(nn.relu(nn.Conv(20, (5, 5), padding="VALID")(x_BxHxWxC)), (2, 2), (2, 2))
+        h = nn.max_pool(nn.relu(nn.Conv(50, (5, 5), padding="VALID")(h)), (2, 2), (2, 2))
+        h = nn.relu(nn.Dense(500)(h.reshape((h.shape[0], -1))))
+        return nn.Dense(10)(h)
+
+
+def _load(config: RobustnessConfig) -> Dataset:
+    data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed)
+    if config.train_fraction == 1:
+        return data
+    # ByzFL's random_split: a random train_fraction of the training set is split among
+    # the workers, the rest (its validation set) is not used here.
+    keep = np.sort(
+        np.random.default_rng(config.data_seed).permutation(data.n_train)[
+            : int(config.train_fraction * data.n_train)
+        ]
+    )
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+
+
+def _learner(config, data: Dataset) -> Learner:
+    if config.model == "byzfl_cnn_mnist":
+        model = Model("byzfl_cnn_mnist", _ByzflCnnMnist(), tuple(data.input_shape))
+    else:
+        model = make_model(
+            config.model,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            hidden=config.hidden,
+            channels=config.channels,
+        )
+    optimizer = make_optimizer(config.optimizer, learning_rate=config.learning_rate)
+    if config.weight_decay:
+        optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
+    params = model.init(jax.random.key(0))
+    return make_learner(model, optimizer, params, num_workers=1)
+
+
+# --------------------------------------------------------------------------- #
+# Attacks in JAX
+# --------------------------------------------------------------------------- #
+
+
+class _Round(NamedTuple):
+    """What a Byzantine worker knows in a round (traced arrays).
+
+    ``ref_CxP`` are the rows the workers computed (the attack's statistics),
+    ``base_WxP`` the rows as submitted without the attack (a Byzantine slot
+    holds its own gradient, or zeros if it holds no data), ``byz_W`` the
+    Byzantine slots, ``own_FxP`` the Byzantine workers' own gradients
+    (protocol mode), ``flipped()`` the computed rows on flipped labels
+    (computed only by the attacks that call it), ``key`` the round's key for
+    the attacks that draw noise.
+    """
+
+    ref_CxP: jax.Array
+    base_WxP: jax.Array
+    byz_W: jax.Array
+    own_FxP: jax.Array | None
+    flipped: Callable[[], jax.Array]
+    byz_idx_F: jax.Array
+    key: Callable[[], jax.Array]
+
+
+class JaxAttack(NamedTuple):
+    """An attack as a traced function: ``craft(round) -> sent_FxP``."""
+
+    label: str
+    craft: Callable[[_Round], jax.Array]
+
+
+def _tile(v_P: jax.Array, F: int) -> jax.Array:
+    return jnp.broadcast_to(v_P, (F, v_P.shape[0]))
+
+
+def _std(x_NxP: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x_NxP - x_NxP.mean(axis=0)[None, :]), axis=0))
+
+
+def _submitted(rnd: _Round, sent_P: jax.Array) -> jax.Array:
+    return jnp.where(rnd.byz_W[:, None], sent_P[None, :], rnd.base_WxP)
+
+
+def _honest_mean(rnd: _Round) -> jax.Array:
+    honest_W = (~rnd.byz_W).astype(rnd.base_WxP.dtype)
+    return (honest_W @ rnd.base_WxP) / jnp.sum(honest_W)
+
+
+def _grid_search(rnd, aggregate, scales: np.ndarray, vector: Callable) -> jax.Array:
+    """The first scale maximising ``|aggregate(submitted(vector(s))) - honest mean|``."""
+    target_P = _honest_mean(rnd)
+    W, P = rnd.base_WxP.shape
+    ones_W = jnp.ones(W, bool)
+
+    def deviation(scale):
+        agg_P = aggregate(_submitted(rnd, vector(scale)), ones_W)
+        value = jnp.linalg.norm(agg_P - target_P)
+        return jnp.where(jnp.all(jnp.isfinite(agg_P)), value, -jnp.inf)
+
+    batch = int(max(1, min(len(scales), (1 << 24) // max(1, W * P))))
+    values = jax.lax.map(deviation, jnp.asarray(scales, jnp.float32), batch_size=batch)
+    return jnp.asarray(scales, jnp.float32)[jnp.argmax(values)]
+
+
+def _mimic_row(rnd: _Round, target: int | None) -> jax.Array:
+    honest_W = ~rnd.byz_W
+    H = rnd.base_WxP.shape[0] - rnd.byz_idx_F.shape[0]
+    honest_idx = jnp.nonzero(honest_W, size=H)[0]
+    x_HxP = rnd.base_WxP[honest_idx]
+    if target is not None:
+        return x_HxP[target]
+    centred = x_HxP - x_HxP.mean(axis=0)[None, :]
+    gram_HxH = centred @ centred.T
+    _, vectors = jnp.linalg.eigh(gram_HxH)
+    scores = jnp.abs(gram_HxH @ vectors[:, -1])
+    return x_HxP[jnp.argmax(scores)]
+
+
+def _shejwalkar(rnd, direction: str, objective: str, bound: str, gamma_init: float, iters: int):
+    x = rnd.ref_CxP
+    mean = x.mean(axis=0)
+    if direction == "unit_vec":
+        norm = jnp.linalg.norm(mean)
+        p = jnp.where(norm > 0, -mean / jnp.where(norm > 0, norm, 1), 0)
+    elif direction == "std":
+        p = -_std(x)
+    else:
+        p = -jnp.sign(mean)
+    offsets = mean[None, :] - x
+    a = jnp.sum(offsets * offsets, axis=1)
+    b = offsets @ p
+    c = p @ p
+    gram = x @ x.T
+    sq = jnp.diagonal(gram)
+    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0)
+    if objective == "min_max":
+        limit = dist.max()
+
+        def feasible(g):
+            return jnp.max(a + 2 * g * b + g * g * c) <= limit
+
+    else:
+        sums = dist.sum(axis=1)
+        limit = sums.max() if bound == "max" else sums.min()
+
+        def feasible(g):
+            return jnp.sum(a + 2 * g * b + g * g * c) <= limit
+
+    def double(_, state):
+        lo, hi, open_ = state
+        ok = open_ & feasible(hi)
+        return jnp.where(ok, hi, lo), jnp.where(ok, 2 * hi, hi), ok
+
+    lo, hi, unbounded = jax.lax.fori_loop(
+        0, 60, double, (jnp.float32(0), jnp.float32(gamma_init), jnp.bool_(True))
+    )
+
+    def bisect(_, state):
+        lo, hi = state
+        mid = 0.5 * (lo + hi)
+        ok = feasible(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, iters, bisect, (lo, hi))
+    gamma = jnp.where((c == 0) | ~feasible(0.0), 0.0, lo)
+    gamma = jnp.where(unbounded & (c != 0) & feasible(0.0), lo, gamma)
+    return mean + gamma * p
+
+
+def _fang_krum(rnd: _Round, krum_f: int, iters: int) -> jax.Array:
+    W, d = rnd.base_WxP.shape
+    c = rnd.byz_idx_F.shape[0]
+    H = W - c
+    honest_idx = jnp.nonzero(~rnd.byz_W, size=H)[0]
+    benign = rnd.base_WxP[honest_idx]
+    bound = jnp.max(jnp.linalg.norm(benign, axis=1)) / math.sqrt(d)
+    nearest = W - c - 2
+    if W - 2 * c - 1 >= 1 and nearest >= 1 and H > nearest:
+        gram = benign @ benign.T
+        sq = jnp.diagonal(gram)
+        dist = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0))
+        dist = jnp.where(jnp.eye(H, dtype=bool), jnp.inf, dist)
+        sums = jnp.sort(dist, axis=1)[:, :nearest].sum(axis=1)
+        bound = bound + sums.min() / ((W - 2 * c - 1) * math.sqrt(d))
+    s = jnp.sign(rnd.ref_CxP.mean(axis=0))
+    lams = bound / (2.0 ** jnp.arange(iters + 1, dtype=jnp.float32))
+    ones_W = jnp.ones(W, bool)
+
+    def picks_byzantine(lam):
+        scores = krum_scores(_submitted(rnd, -lam * s), ones_W, f=krum_f)
+        return rnd.byz_W[jnp.argmin(scores)]
+
+    hit = jax.vmap(picks_byzantine)(lams)
+    k = jnp.where(jnp.any(hit), jnp.argmax(hit), iters)
+    return -lams[k] * s
+
+
+def _fang_trimmed_mean(rnd: _Round, b: float) -> jax.Array:
+    x = rnd.ref_CxP
+    mean, high, low = x.mean(axis=0), x.max(axis=0), x.min(axis=0)
+    down = mean > 0
+    start = jnp.where(down, jnp.where(low > 0, low / b, b * low), high)
+    stop = jnp.where(down, low, jnp.where(high > 0, b * high, high / b))
+    F = rnd.byz_idx_F.shape[0]
+    u = jax.random.uniform(rnd.key(), (F, x.shape[1]))
+    return start[None, :] + u * (stop - start)[None, :]
+
+
+def jax_attack(
+    spec: str, *, rule: AggregationRule, n_workers: int, n_byzantine: int, protocol_mode: bool
+) -> JaxAttack:
+    """The registered attack ``spec`` as a traced function (see the module docstring).
+
+    ``rule`` is what ``optimal_ipm`` and ``optimal_alie`` search against when the
+    spec names none. Raises ``ValueError`` for an attack with no JAX form here, or
+    one that needs the worker's own data where Byzantine workers hold none.
+    """
+    parsed = parse_spec(spec, flag="--attacks")
+    extra = {"rule": rule} if "rule" not in parsed.kwargs else {}
+    attack = ATTACKS.build(spec, flag="--attacks", **extra)  # validates the parameters
+    params = dict(attack.params)
+    name, W, F = attack.name, n_workers, n_byzantine
+    target_rule = rule
+    if "rule" in parsed.kwargs:
+        target_rule = RULES.build(str(parsed.kwargs["rule"]).replace(";", ","), flag="rule")
+    own = name in ("sign_flip", "scaled") or (
+        name == "gaussian" and params.get("around_honest", False)
+    )
+    if own and not protocol_mode:
+        raise ValueError(
+            f"attack {spec!r} sends a function of the worker's own gradient, and here "
+            f"Byzantine workers hold no data (as in ByzFL); use it in protocol mode, or "
+            f"ipm:epsilon=1.0 for ByzFL's SignFlipping"
+        )
+
+    def tiled(vector: Callable[[_Round], jax.Array]) -> Callable[[_Round], jax.Array]:
+        return lambda rnd: _tile(vector(rnd), F)
+
+    if name == "honest":
+        return JaxAttack(attack.label, lambda rnd: rnd.own_FxP)
+    if name == "ipm":
+        eps = params["epsilon"]
+        return JaxAttack(attack.label, tiled(lambda rnd: -eps * rnd.ref_CxP.mean(axis=0)))
+    if name == "fall_of_empires":
+        tau = params["tau"]
+        return JaxAttack(attack.label, tiled(lambda rnd: (1 - tau) * rnd.ref_CxP.mean(axis=0)))
+    if name == "alie":
+        z = alie_z(W, F) if params["z"] is None else params["z"]
+        return JaxAttack(
+            attack.label, tiled(lambda rnd: rnd.ref_CxP.mean(axis=0) - z * _std(rnd.ref_CxP))
+        )
+    if name in ("optimal_ipm", "optimal_alie"):
+        low, high, points = params["low"], params["high"], params["points"]
+        default = 0.1 if name == "optimal_ipm" else alie_z(W, F)
+        scales = scale_grid(default, low=low, high=high, points=points)
+        aggregate = target_rule.aggregate
+
+        def vector_of(rnd):
+            mean = rnd.ref_CxP.mean(axis=0)
+            if name == "optimal_ipm":
+                return lambda s: -s * mean
+            std = _std(rnd.ref_CxP)
+            return lambda s: mean - s * std
+
+        def craft(rnd):
+            vector = vector_of(rnd)
+            return _tile(vector(_grid_search(rnd, aggregate, scales, vector)), F)
+
+        return JaxAttack(attack.label, craft)
+    if name == "mimic":
+        target = params["target"]
+        return JaxAttack(attack.label, tiled(lambda rnd: _mimic_row(rnd, target)))
+    if name == "inf":
+        return JaxAttack(
+            attack.label, lambda rnd: jnp.full((F, rnd.base_WxP.shape[1]), jnp.inf, jnp.float32)
+        )
+    if name == "gaussian":
+        sigma = params["sigma"]
+
+        def noise(rnd):
+            sent = sigma * jax.random.normal(rnd.key(), (F, rnd.base_WxP.shape[1]))
+            return sent + rnd.own_FxP if params["around_honest"] else sent
+
+        return JaxAttack(attack.label, noise)
+    if name == "label_flip":
+        if protocol_mode:
+            return JaxAttack(attack.label, lambda rnd: rnd.flipped()[rnd.byz_idx_F])
+        return JaxAttack(attack.label, tiled(lambda rnd: rnd.flipped().mean(axis=0)))
+    if name == "sign_flip":
+        return JaxAttack(attack.label, lambda rnd: -rnd.own_FxP)
+    if name == "scaled":
+        factor = params["factor"]
+        return JaxAttack(attack.label, lambda rnd: factor * rnd.own_FxP)
+    if name in ("min_max", "min_sum"):
+        direction, gamma_init, iters = params["direction"], params["gamma_init"], params["iters"]
+        bound = params.get("bound", "max")
+        return JaxAttack(
+            attack.label,
+            tiled(lambda rnd: _shejwalkar(rnd, direction, name, bound, gamma_init, iters)),
+        )
+    if name == "fang_krum":
+        krum_f = F if params["f"] is None else params["f"]
+        iters = params["iters"]
+        return JaxAttack(attack.label, tiled(lambda rnd: _fang_krum(rnd, krum_f, iters)))
+    if name == "fang_trimmed_mean":
+        b = params["b"]
+        return JaxAttack(attack.label, lambda rnd: _fang_trimmed_mean(rnd, b))
+    raise ValueError(
+        f"attack {spec!r} has no JAX form in the robustness benchmark; it has "
+        f"ipm, fall_of_empires, alie, optimal_ipm, optimal_alie, mimic, inf, gaussian, "
+        f"label_flip, min_max, min_sum, fang_krum, fang_trimmed_mean, sign_flip, scaled, honest"
+    )
+
+
+# --------------------------------------------------------------------------- #
+# One run as a jitted scan, vmapped over runs
+# --------------------------------------------------------------------------- #
+
+
+class _Shape(NamedTuple):
+    """What a compiled program is specialised to (all static)."""
+
+    computing: int  # C: workers that compute gradients
+    workers: int  # W: rows submitted
+    byzantine: int  # F
+    batch: int
+    steps: int
+    eval_every: int
+    protocol_mode: bool
+
+
+def epoch_batches(shards: Sequence[np.ndarray], batch: int, steps: int, seed: int) -> np.ndarray:
+    """Each worker's batches, ``(steps, C, batch)`` dataset indices: epochs without replacement.
+
+    Worker i walks its shard in epochs of ``len(shard) // batch`` batches, each
+    epoch in a fresh random order (``numpy.random.default_rng((seed, i))``); a
+    last partial batch is dropped.
+    """
+    out = np.empty((steps, len(shards), batch), np.int32)
+    for i, shard in enumerate(shards):
+        per_epoch = len(shard) // batch
+        rng = np.random.default_rng((seed, i))
+        epochs = -(-steps // per_epoch)
+        order = np.concatenate(
+            [rng.permutation(len(shard))[: per_epoch * batch] for _ in range(epochs)]
+        )
+        out[:, i, :] = np.asarray(shard)[order[: steps * batch]].reshape(steps, batch)
+    return out
+
+
+def round_draws(seed: int, steps: int, n_workers: int, n_byzantine: int):
+    """Per round, the spot-check uniforms ``(steps, F)`` and the server's row order ``(steps, W)``."""
+    rng = np.random.default_rng((seed, 1 << 20))
+    checks = rng.random((steps, n_byzantine), dtype=np.float32)
+    orders = np.argsort(rng.random((steps, n_workers)), axis=1).astype(np.int32)
+    return checks, orders
+
+
+def _program(
+    learner: Learner,
+    rules: Sequence[AggregationRule],
+    attacks: Sequence[JaxAttack],
+    shape: _Shape,
+    *,
+    momentum: float,
+    num_classes: int,
+):
+    """A jitted function running a batch of runs of one (rules, attacks, shape).
+
+    ``rules[b]`` is the aggregator with b workers banned (declared f lowered by b).
+    The first argument is the index of the attack in ``attacks`` (the same for
+    every run of a call, so one compile serves every attack).
+    Per run (vmapped): the initial parameters, seed (attack noise), batches_TxCxB (dataset
+    indices of each computing worker's batches), comp_slots_C (the slot of each
+    computing worker), byz_W, checks_TxF (uniforms: a check happens when below
+    the catch probability), orders_TxW (the server's row order), catch
+    probability. Shared: the data arrays. Returns per run: test accuracy after
+    0, eval_every, ..., steps rounds; the round each Byzantine worker was banned
+    (-1: never); whether the final model is finite.
+    """
+    C, W, F = shape.computing, shape.workers, shape.byzantine
+    E = shape.steps // shape.eval_every
+    grad = jax.vmap(learner.worker_gradient, in_axes=(None, 0, 0))
+    aggregates = [r.aggregate for r in rules]
+
+    def accuracy(params, x_test, y_test):
+        return learner.count_correct(params, x_test, y_test) / y_test.shape[0]
+
+    def one_run(
+        which,
+        params,
+        seed,
+        batches,
+        comp_slots_C,
+        byz_W,
+        checks,
+        orders,
+        catch_p,
+        x,
+        y,
+        x_test,
+        y_test,
+    ):
+        opt_state = learner.optimizer.init(params)
+        byz_idx_F = jnp.nonzero(byz_W, size=F)[0] if F else jnp.zeros((0,), jnp.int32)
+        P = learner.num_params
+        carry0 = (
+            params,
+            opt_state,
+            jnp.zeros((C, P), jnp.float32),
+            jnp.zeros((F,), bool),
+            jnp.full((F,), -1, jnp.int32),
+        )
+
+        def round_fn(carry, xs):
+            r, idx_CxB, check_F, order_W = xs
+            params, opt_state, mom_CxP, banned_F, caught_F = carry
+            x_CxB, y_CxB = x[idx_CxB], y[idx_CxB]
+            g_CxP = grad(params, x_CxB, y_CxB)
+            if momentum:
+                mom_CxP = momentum * mom_CxP + (1 - momentum) * g_CxP
+                rows_CxP = mom_CxP
+            else:
+                rows_CxP = g_CxP
+            base_WxP = jnp.zeros((W, P), jnp.float32).at[comp_slots_C].set(rows_CxP)
+            if F and attacks:
+                rnd = _Round(
+                    ref_CxP=rows_CxP,
+                    base_WxP=base_WxP,
+                    byz_W=byz_W,
+                    own_FxP=base_WxP[byz_idx_F] if shape.protocol_mode else None,
+                    flipped=lambda: grad(
+                        params, x_CxB, (num_classes - 1 - y_CxB).astype(y_CxB.dtype)
+                    ),
+                    byz_idx_F=byz_idx_F,
+                    key=lambda: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), r),
+                )
+                crafts = [lambda a=a: a.craft(rnd).astype(jnp.float32) for a in attacks]
+                sent_FxP = crafts[0]() if len(crafts) == 1 else jax.lax.switch(which, crafts)
+                sent_WxP = base_WxP.at[byz_idx_F].set(sent_FxP)
+                finite_F = jnp.all(jnp.isfinite(sent_FxP), axis=1)
+                if shape.protocol_mode:
+                    wrong_F = jnp.any(sent_FxP != base_WxP[byz_idx_F], axis=1)
+                else:
+                    wrong_F = jnp.ones((F,), bool)  # Byzantine workers hold no data: never right
+                caught_now = (check_F < catch_p) & wrong_F & finite_F & ~banned_F
+                banned_F = banned_F | caught_now
+                caught_F = jnp.where(caught_now, r, caught_F)
+                excluded_W = jnp.zeros((W,), bool).at[byz_idx_F].set(banned_F)
+            else:
+                sent_WxP = base_WxP
+                excluded_W = jnp.zeros((W,), bool)
+            mask_W = jnp.all(jnp.isfinite(sent_WxP), axis=1) & ~excluded_W
+            rows, mask = sent_WxP[order_W], mask_W[order_W]
+            if len(aggregates) == 1:
+                agg_P = aggregates[0](rows, mask)
+            else:
+                n_banned = jnp.minimum(jnp.sum(banned_F), len(aggregates) - 1)
+                agg_P = jax.lax.switch(n_banned, aggregates, rows, mask)
+            params, opt_state = learner.apply_update(params, opt_state, agg_P)
+            return (params, opt_state, mom_CxP, banned_F, caught_F), None
+
+        def chunk(carry, xs):
+            carry, _ = jax.lax.scan(round_fn, carry, xs)
+            return carry, accuracy(carry[0], x_test, y_test)
+
+        def by_chunk(a):
+            return a.reshape((E, shape.eval_every, *a.shape[1:]))
+
+        rounds = jnp.arange(shape.steps, dtype=jnp.int32)
+        xs = tuple(map(by_chunk, (rounds, batches, checks, orders)))
+        acc0 = accuracy(params, x_test, y_test)
+        carry, accs = jax.lax.scan(chunk, carry0, xs)
+        finite = jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(carry[0])])
+        )
+        return jnp.concatenate([acc0[None], accs]), carry[4], finite
+
+    batched = jax.vmap(one_run, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, None, None, None, None))
+    return jax.jit(batched)
+
+
+# --------------------------------------------------------------------------- #
+# The sweep
+# --------------------------------------------------------------------------- #
+
+
+def _aggregator_params(config, F: int, W: int) -> dict[str, Any]:
+    return {
+        "f": F,
+        "trim": F,
+        "m": W - F,
+        "c": config.clip_c,
+        "s": config.bucket_s,
+        "tau": config.cc_tau,
+    }
+
+
+def _rules_for(config, aggregator: str, F: int, W: int) -> list[AggregationRule]:
+    """The aggregator with 0, 1, ..., F workers banned (declared f = F - banned).
+
+    Raises ValueError (the reason it does not apply) if it is not defined for W
+    inputs of which F Byzantine.
+    """
+    rules = []
+    for banned in range(F + 1):
+        n, f = W - banned, F - banned
+        params = _aggregator_params(config, f, W)
+        params["m"] = n - f  # multi_krum averages the n - f best (ByzFL: n - f)
+        rule = RULES.build(aggregator, flag="--aggregators", **params)
+        if n < rule.min_accepted:  # undefined (the tolerance bound is what the sweep tests)
+            raise ValueError(
+                f"{rule.label} needs at least {rule.requirement} = {rule.min_accepted} inputs, "
+                f"got {n}"
+            )
+        rules.append(rule)
+    if all(r.label == rules[0].label for r in rules):
+        return rules[:1]
+    return rules
+
+
+def _run_rows(config: RobustnessConfig, verifications: Sequence[str]) -> list[tuple]:
+    """The vmapped axis of one program: (heterogeneity, seed, verification)."""
+    return [
+        (h, seed, v) for h in config.heterogeneity for seed in config.seeds for v in verifications
+    ]
+
+
+def _metric_rows(accs: np.ndarray, eval_every: int) -> dict[str, Any]:
+    return {
+        "accuracy": [round(float(a), 4) for a in accs],
+        "best": float(np.max(accs)),
+        "final": float(accs[-1]),
+        "best_step": int(np.argmax(accs)) * eval_every,
+    }
+
+
+class _Inputs(NamedTuple):
+    """What every program of a sweep reads: the data, the batches, the per-round draws."""
+
+    arrays: tuple[jax.Array, ...]  # x_train, y_train, x_test, y_test
+    init: Callable[[int], Any]  # seed -> initial parameters
+    batches: dict  # (heterogeneity, seed) -> (steps, C, B) indices
+    draws: dict  # (seed, W, F) -> (checks, orders)
+    catch: float
+
+
+def _initializer(learner: Learner) -> Callable[[int], Any]:
+    """seed -> the initial parameters (as ``build_learner``: key(seed) folded with 0), cached."""
+    init = jax.jit(lambda seed: learner.model.init(jax.random.fold_in(jax.random.key(seed), 0)))
+    cache: dict[int, Any] = {}
+    return lambda seed: cache.setdefault(seed, init(seed))
+
+
+def _execute(
+    program, which: int, shape: _Shape, group: list[tuple], inputs: _Inputs, byz_W: np.ndarray
+):
+    """One call of ``program`` (attack ``which``) on the runs of ``group``; numpy results."""
+    seeds = [seed for _, seed, _ in group]
+    draws = [
+        inputs.draws.setdefault(
+            (seed, shape.workers, shape.byzantine),
+            round_draws(seed, shape.steps, shape.workers, shape.byzantine),
+        )
+        for seed in seeds
+    ]
+    out = program(
+        jnp.int32(which),
+        jax.tree.map(lambda *leaves: jnp.stack(leaves), *map(inputs.init, seeds)),
+        jnp.asarray(seeds, jnp.int32),
+        jnp.asarray(np.stack([inputs.batches[(h, seed)] for h, seed, _ in group])),
+        jnp.asarray(np.stack([np.arange(shape.computing, dtype=np.int32)] * len(group))),
+        jnp.asarray(np.stack([byz_W] * len(group))),
+        jnp.asarray(np.stack([c for c, _ in draws])),
+        jnp.asarray(np.stack([o for _, o in draws])),
+        jnp.asarray([inputs.catch if v == "spot_check_model" else 0.0 for *_, v in group]),
+        *inputs.arrays,
+    )
+    return tuple(map(np.asarray, out))
+
+
+def measure_robustness(
+    config: RobustnessConfig, *, log: Callable[[str], None] | None = None
+) -> dict:
+    """Run every cell of ``config``; the runs, the worst-case cells and the 2-point goal.
+
+    Per aggregator: the no-attack runs (the H honest workers alone, declared f =
+    0), then for each f and attack the runs of every heterogeneity level, seed
+    and verification, vmapped ``runs_per_call`` at a time into one jitted call.
+    Returns a dict with the config, seeds, run metadata (versions, device),
+    ``runs`` (one record per run: accuracy curve, best, final, ban rounds),
+    ``skipped`` (aggregators not defined for a cell, with the reason),
+    ``cells``, ``no_attack``, ``reference`` and ``goal`` (:func:`summarize_runs`)
+    and the wall time of each program (compile included).
+    """
+    start = time.perf_counter()
+    data = _load(config)
+    learner = _learner(config, data)
+    H = config.honest
+    batches = {}
+    for h in config.heterogeneity:
+        shards = heterogeneity_shards(h, data.y_train, H, config.data_seed)
+        if min(len(s) for s in shards) < config.batch_size:
+            raise ValueError(
+                f"heterogeneity {h}: a worker's shard holds {min(len(s) for s in shards)} "
+                f"examples, fewer than batch_size = {config.batch_size}"
+            )
+        for seed in config.seeds:
+            batches[(h, seed)] = epoch_batches(shards, config.batch_size, config.steps, seed)
+    arrays = tuple(map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test)))
+    inputs = _Inputs(arrays, _initializer(learner), batches, {}, catch_probability(config))
+    runs, skipped, timings = [], [], []
+
+    def sweep(aggregator, F, rules, attack_specs, verifications):
+        W = H + F
+        attacks = [
+            jax_attack(spec, rule=rules[0], n_workers=W, n_byzantine=F, protocol_mode=False)
+            for spec in attack_specs
+            if spec != NO_ATTACK
+        ]
+        shape = _Shape(H, W, F, config.batch_size, config.steps, config.eval_every, False)
+        program = _program(
+            learner,
+            rules,
+            attacks,
+            shape,
+            momentum=config.worker_momentum,
+            num_classes=data.num_classes,
+        )
+        rows = _run_rows(config, verifications)
+        byz_W = np.arange(W) >= H  # honest workers in slots 0..H-1
+        for which, spec in enumerate(attack_specs):
+            t0 = time.perf_counter()
+            for lo in range(0, len(rows), config.runs_per_call):
+                group = rows[lo : lo + config.runs_per_call]
+                accs, caught, finite = _execute(program, which, shape, group, inputs, byz_W)
+                for i, (h, seed, v) in enumerate(group):
+                    runs.append(
+                        {
+                            "heterogeneity": h,
+                            "f": F,
+                            "aggregator": aggregator,
+                            "rule": rules[0].label,
+                            "attack": spec,
+                            "verification": v,
+                            "seed": seed,
+                            **_metric_rows(accs[i], config.eval_every),
+                            "caught_rounds": [int(c) for c in caught[i]],
+                            "finite": bool(finite[i]),
+                        }
+                    )
+            seconds = round(time.perf_counter() - t0, 2)
+            timings.append({"f": F, "aggregator": aggregator, "attack": spec, "seconds": seconds})
+            if log:
+                log(f"f={F} {aggregator:28s} {spec:18s} {seconds:7.1f} s (first: with compile)")
+
+    for aggregator in config.aggregators:
+        # No attack: the H honest workers alone; the server declares the real f, 0.
+        clean = RULES.build(aggregator, flag="--aggregators", **_aggregator_params(config, 0, H))
+        sweep(aggregator, 0, [clean], (NO_ATTACK,), ("none",))
+        for F in config.byzantine:
+            try:
+                rules = _rules_for(config, aggregator, F, H + F)
+            except ValueError as err:
+                skipped.append({"f": F, "aggregator": aggregator, "reason": str(err)})
+                if log:
+                    log(f"f={F} {aggregator:28s} skipped: {err}")
+                continue
+            sweep(aggregator, F, rules, config.attacks, config.verifications)
+    return {
+        "benchmark": "robustness",
+        "config": dataclasses.asdict(config),
+        "seeds": list(config.seeds),
+        "catch_probability_per_round": inputs.catch,
+        "params": learner.num_params,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        **run_metadata(),
+        **summarize_runs(runs),
+        "skipped": skipped,
+        "runs": runs,
+        "timings": timings,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _cell(runs: list[dict], metric: str) -> dict[str, Any]:
+    """Worst case over attacks of the seed-mean metric; spread: the worst attack's seeds."""
+    by_attack = defaultdict(list)
+    for r in runs:
+        by_attack[r["attack"]].append(r)
+    per_attack = {}
+    for attack, rs in by_attack.items():
+        curves = np.array([r["accuracy"] for r in rs])
+        if metric == "best":  # ByzFL: the best point of the seed-mean curve
+            value = float(np.max(curves.mean(axis=0)))
+            seeds = [float(np.max(c)) for c in curves]
+        else:
+            value = float(curves[:, -1].mean())
+            seeds = [float(c[-1]) for c in curves]
+        per_attack[attack] = (value, seeds)
+    worst = min(per_attack, key=lambda a: (per_attack[a][0], a))
+    value, seeds = per_attack[worst]
+    return {
+        "value": round(value, 4),
+        "attack": worst,
+        "seed_min": round(min(seeds), 4),
+        "seed_max": round(max(seeds), 4),
+        "seed_std": round(statistics.pstdev(seeds), 4),
+        "per_attack": {a: round(v, 4) for a, (v, _) in sorted(per_attack.items())},
+    }
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """The worst-case cells, the no-attack accuracies and the 2-point goal.
+
+    ``cells``: one per (heterogeneity, f, aggregator, verification), over the
+    attacks; ``worst_best`` is ByzFL's heatmap value (the worst attack's best
+    seed-mean accuracy), ``worst_final`` the same with the final accuracy,
+    each with the worst attack, the spread of its seeds and every attack's
+    value. ``no_attack``: per (heterogeneity, aggregator), the runs with the
+    H honest workers alone. ``reference``: the no-attack accuracy of the mean
+    (D-SGD over the honest workers), which the goal compares every spot-check
+    cell with, at the same heterogeneity.
+    """
+    groups, clean = defaultdict(list), defaultdict(list)
+    for r in runs:
+        if r["attack"] == NO_ATTACK:
+            clean[(r["heterogeneity"], r["aggregator"])].append(r)
+        else:
+            groups[(r["heterogeneity"], r["f"], r["aggregator"], r["verification"])].append(r)
+    cells = [
+        {
+            "heterogeneity": h,
+            "f": f,
+            "aggregator": agg,
+            "verification": v,
+            "worst_best": _cell(rs, "best"),
+            "worst_final": _cell(rs, "final"),
+            "banned_fraction": round(
+                statistics.mean(
+                    sum(c >= 0 for c in r["caught_rounds"]) / len(r["caught_rounds"]) for r in rs
+                ),
+                4,
+            ),
+        }
+        for (h, f, agg, v), rs in groups.items()
+    ]
+    no_attack = [
+        {
+            "heterogeneity": h,
+            "aggregator": agg,
+            "best": _cell(rs, "best"),
+            "final": _cell(rs, "final"),
+        }
+        for (h, agg), rs in clean.items()
+    ]
+    reference = {
+        row["heterogeneity"]: {"best": row["best"]["value"], "final": row["final"]["value"]}
+        for row in no_attack
+        if row["aggregator"] == "mean"
+    }
+    return {
+        "cells": cells,
+        "no_attack": no_attack,
+        "reference": reference,
+        "goal": _goal(cells, reference),
+    }
+
+
+def _goal(cells: list[dict], reference: dict) -> dict:
+    """Is every spot-check cell within 2 points of the no-attack accuracy? Per aggregator."""
+    if not reference:
+        return {"note": "no no-attack runs of mean: the goal's reference is missing"}
+    out = {}
+    for metric, key in (("worst_best", "best"), ("worst_final", "final")):
+        per_aggregator = defaultdict(list)
+        for c in cells:
+            if c["verification"] != "spot_check_model" or c["heterogeneity"] not in reference:
+                continue
+            gap = reference[c["heterogeneity"]][key] - c[metric]["value"]
+            per_aggregator[c["aggregator"]].append((gap, c["heterogeneity"], c["f"]))
+        out[metric] = {
+            agg: {
+                "holds": all(g <= 0.02 for g, _, _ in gaps),
+                "largest_gap": round(max(g for g, _, _ in gaps), 4),
+                "at": {"heterogeneity": max(gaps)[1], "f": max(gaps)[2]},
+            }
+            for agg, gaps in per_aggregator.items()
+        }
+    return {
+        "statement": "spot-check worst-case cell >= no-attack accuracy of the mean - 0.02, "
+        "at every heterogeneity level and f",
+        **out,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Validation of the spot-check model against the real protocol
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """One cell run by the real protocol and by the model in protocol mode.
+
+    Both: W workers drawing from the same partition, ``floor(byzantine_fraction
+    * W)`` Byzantine (the same ``choose_byzantine`` workers), the same attack
+    and aggregation, server SGD, spot checks with budget p by ``validators``
+    validators of which ``byzantine_validators`` silent. The protocol samples
+    with its BLS-VRF and bans on a fraud proof; the model draws each check with
+    the closed-form per-round probability. Their batches differ (the protocol's
+    ``BatchAssigner`` vs the model's sampler), so they agree in distribution,
+    not run by run.
+    """
+
+    cells: tuple[tuple[str, str], ...] = (
+        ("mean", "alie"),
+        ("trimmed_mean:trim=4", f"optimal_ipm:rule=trimmed_mean;trim=4,{_SEARCH}"),
+    )
+    workers: int = 16
+    byzantine_fraction: float = 0.25
+    partition: str = "iid"
+    rounds: int = 300
+    eval_every: int = 50
+    batch_size: int = 8
+    hidden: tuple[int, ...] = (128,)
+    learning_rate: float = 0.2
+    budget: float = 0.1
+    validators: int = 4
+    byzantine_validators: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = "mnist1d"
+
+
+def validate_against_protocol(
+    config: ValidationConfig, *, log: Callable[[str], None] | None = None
+) -> dict:
+    """Final accuracy and ban rounds: the real protocol vs the spot-check model."""
+    from pot_jax.config import ProtocolConfig
+    from pot_jax.protocol import run_protocol
+
+    start = time.perf_counter()
+    W = config.workers
+    model_cfg = RobustnessConfig(
+        dataset=config.dataset,
+        hidden=config.hidden,
+        honest=W,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=0.0,
+        worker_momentum=0.0,
+        steps=config.rounds,
+        eval_every=config.eval_every,
+        budget=config.budget,
+        validators=config.validators,
+        byzantine_validators=config.byzantine_validators,
+        seeds=config.seeds,
+    )
+    data = _load(model_cfg)
+    learner = _learner(model_cfg, data)
+    d = catch_probability(model_cfg)
+    arrays = tuple(map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test)))
+    if config.partition not in ("iid", "shared"):
+        raise ValueError(f"partition {config.partition!r}: the validation runs iid or shared")
+    init = _initializer(learner)
+    results = []
+    for aggregation, attack_spec in config.cells:
+        rule = RULES.build(aggregation, flag="--aggregation")
+        cell = {"aggregation": aggregation, "attack": attack_spec, "seeds": []}
+        programs = {}
+        for seed in config.seeds:
+            byz = choose_byzantine(W, config.byzantine_fraction, seed)
+            F = len(byz)
+            # The protocol's shards (trainer.worker_shards: the partition with the run seed).
+            shards = heterogeneity_shards(config.partition, data.y_train, W, seed)
+            inputs = _Inputs(
+                arrays,
+                init,
+                {
+                    (config.partition, seed): epoch_batches(
+                        shards, config.batch_size, config.rounds, seed
+                    )
+                },
+                {},
+                d,
+            )
+            shape = _Shape(W, W, F, config.batch_size, config.rounds, config.eval_every, True)
+            if F not in programs:
+                attack = jax_attack(
+                    attack_spec, rule=rule, n_workers=W, n_byzantine=F, protocol_mode=True
+                )
+                programs[F] = _program(
+                    learner, [rule], [attack], shape, momentum=0.0, num_classes=data.num_classes
+                )
+            program = programs[F]
+            byz_W = np.zeros(W, bool)
+            byz_W[list(byz)] = True
+            group = [(config.partition, seed, v) for v in ("spot_check_model", "none")]
+            accs, caught, _ = _execute(program, 0, shape, group, inputs, byz_W)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="pot-robustness-") as tmp:
+                pcfg = ProtocolConfig(
+                    dataset=config.dataset,
+                    hidden=config.hidden,
+                    workers=W,
+                    batch_size=config.batch_size,
+                    rounds=config.rounds,
+                    eval_every=config.eval_every,
+                    learning_rate=config.learning_rate,
+                    aggregation=aggregation,
+                    partition=config.partition,
+                    byzantine_fraction=config.byzantine_fraction,
+                    attack=attack_spec,
+                    verification="spot_check",
+                    budget=config.budget,
+                    validators=config.validators,
+                    byzantine_validators=",".join(map(str, range(config.byzantine_validators))),
+                    seed=seed,
+                    keys="derived",
+                    run_dir=tmp,
+                    progress=False,
+                )
+                summary = run_protocol(pcfg)
+                rows = [
+                    json.loads(line)
+                    for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+                    if line.strip()
+                ]
+            ban_rounds, seen = [], 0
+            for row in rows:
+                while row["caught"] > seen:
+                    ban_rounds.append(row["round"] - 1)
+                    seen += 1
+            protocol_curve = [
+                row["pot_test_accuracy"] for row in rows if "pot_test_accuracy" in row
+            ]
+            cell["seeds"].append(
+                {
+                    "seed": seed,
+                    "byzantine_workers": list(byz),
+                    "protocol_final": summary.pot_accuracy,
+                    "protocol_curve": protocol_curve,
+                    "protocol_ban_rounds": ban_rounds,
+                    "protocol_seconds": round(time.perf_counter() - t0, 1),
+                    "model_final": float(accs[0][-1]),
+                    "model_curve": [round(float(a), 4) for a in accs[0][1:]],
+                    "model_ban_rounds": sorted(int(c) for c in caught[0] if c >= 0),
+                    "model_no_verification_final": float(accs[1][-1]),
+                }
+            )
+            if log:
+                s = cell["seeds"][-1]
+                log(
+                    f"validate {aggregation} {attack_spec} seed {seed}: protocol "
+                    f"{s['protocol_final']:.3f} bans {ban_rounds}; model {s['model_final']:.3f} "
+                    f"bans {s['model_ban_rounds']}; model without verification "
+                    f"{s['model_no_verification_final']:.3f}"
+                )
+        seeds = cell["seeds"]
+
+        def mean_of(key, seeds=seeds):
+            return round(statistics.mean(s[key] for s in seeds), 4)
+
+        def bans(key, seeds=seeds):
+            rounds = [r for s in seeds for r in s[key]]
+            return {
+                "banned": len(rounds),
+                "of": sum(len(s["byzantine_workers"]) for s in seeds),
+                "mean_round": round(statistics.mean(rounds), 1) if rounds else None,
+            }
+
+        cell["summary"] = {
+            "protocol_final_mean": mean_of("protocol_final"),
+            "model_final_mean": mean_of("model_final"),
+            "model_no_verification_final_mean": mean_of("model_no_verification_final"),
+            "protocol_bans": bans("protocol_ban_rounds"),
+            "model_bans": bans("model_ban_rounds"),
+            "expected_mean_ban_round": round(1 / d - 1, 1),
+        }
+        results.append(cell)
+    return {
+        "config": dataclasses.asdict(config),
+        "catch_probability_per_round": d,
+        "cells": results,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Command line
+# --------------------------------------------------------------------------- #
+
+
+def describe_existing(path: Path) -> str:
+    """One line saying what a result file holds."""
+    try:
+        old = json.loads(path.read_text())
+        sweep = old.get("sweep", old)
+        cfg = sweep["config"]
+        return (
+            f"{path} holds the robustness benchmark of {sweep.get('utc_time')} "
+            f"(git {str(sweep.get('git_commit'))[:10]}, {cfg['dataset']}, f = {cfg['byzantine']}, "
+            f"{len(cfg['aggregators'])} aggregators x {len(cfg['attacks'])} attacks, "
+            f"{len(sweep.get('runs', []))} runs)"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{path} exists ({path.stat().st_size} bytes, not a robustness result)"
+
+
+def table(result: dict) -> str:
+    """Worst case over attacks per aggregator and cell, without / with the spot-check model."""
+    sweep = result.get("sweep", result)
+    cells = {
+        (c["heterogeneity"], c["f"], c["aggregator"], c["verification"]): c for c in sweep["cells"]
+    }
+    columns = sorted({(h, f) for h, f, _, _ in cells}, key=lambda k: (k[1], k[0]))
+    lines = [
+        "worst case over attacks (ByzFL's metric: best seed-mean test accuracy); "
+        "'none' / 'spot_check_model'"
+    ]
+    header = f"{'aggregator':28s} " + " ".join(f"{h + ' f=' + str(f):>17s}" for h, f in columns)
+    lines.append(header)
+    for agg in dict.fromkeys(k[2] for k in cells):
+        parts = []
+        for h, f in columns:
+            a = cells.get((h, f, agg, "none"))
+            b = cells.get((h, f, agg, "spot_check_model"))
+            parts.append(
+                f"{a['worst_best']['value'] if a else float('nan'):8.3f}/"
+                f"{b['worst_best']['value'] if b else float('nan'):.3f}"
+            )
+        lines.append(f"{agg:28s} " + " ".join(f"{p:>17s}" for p in parts))
+    ref = sweep.get("reference", {})
+    lines.append(
+        "no attack (mean, honest workers only): "
+        + ", ".join(f"{h} {v['best']:.3f}" for h, v in ref.items())
+    )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pot_jax.bench.robustness", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``python -m pot_jax.bench.robustness`` (and ``pot-jax bench robustness``)."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="mini", help="the sweep (default: mini)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="directory of the MNIST files (--preset mnist)"
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default: the preset's)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="server steps per run")
+    parser.add_argument(
+        "--validate", action="store_true", help="also run the model-vs-protocol validation"
+    )
+    parser.add_argument("--validate-only", action="store_true", help="only the validation")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="result file ('-': none)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing result file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = None if str(args.out) == "-" else args.out
+    if out is not None and out.exists() and not args.force:
+        print(f"{describe_existing(out)}; pass --force to overwrite", file=sys.stderr)
+        return 1
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.seeds is not None:
+        overrides["seeds"] = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    config = dataclasses.replace(PRESETS[args.preset], **overrides)
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    result: dict[str, Any] = {"preset": args.preset}
+    if not args.validate_only:
+        result["sweep"] = measure_robustness(config, log=log)
+    if args.validate or args.validate_only:
+        result["validation"] = validate_against_protocol(ValidationConfig(), log=log)
+        if "sweep" not in result:
+            result.update(run_metadata())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    elif "sweep" in result:
+        print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
