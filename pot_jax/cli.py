@@ -592,11 +592,30 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "or secret ones from the OS (measure_prediction)",
     )
     de.set_defaults(func=_cmd_bench_detection)
+
+    # Benchmarks with many flags of their own: their module parses the rest of the line
+    # (imported only when run; `pot-jax bench NAME --help` shows their flags). main()
+    # hands the line over before argparse sees it; these entries put them in the help.
+    for name, (_, text) in FORWARDED_BENCHES.items():
+        bench_sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+FORWARDED_BENCHES = {
+    "robustness": (
+        "pot_jax.bench.robustness",
+        "ByzFL's sweep: rules x pre-aggregators x attacks x heterogeneity, worst case",
+    ),
+    "aggregation": ("pot_jax.bench.aggregation", "ms per aggregation of every rule vs NumPy"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in FORWARDED_BENCHES:
+        import importlib
+
+        return importlib.import_module(FORWARDED_BENCHES[argv[1]][0]).main(list(argv[2:]))
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

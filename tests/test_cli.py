@@ -306,3 +306,10 @@ def test_keygen_refuses_a_directory_inside_a_run(tmp_path, capsys):
     assert main(["train", *PROTOCOL_TINY, "--run-dir", str(run)]) == 0
     assert main(["keygen", str(run / "keys")]) == 2
     assert "never live inside a run directory" in capsys.readouterr().err
+
+
+def test_bench_aggregation_is_reached_through_the_cli(capsys):
+    args = ["bench", "aggregation", "--json", "--workers", "8", "--params", "64"]
+    assert main([*args, "--repeats", "1", "--numpy-repeats", "1", "--out", "-"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out and "mean" in json.dumps(out)
