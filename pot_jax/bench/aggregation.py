@@ -21,7 +21,7 @@ is W // 4, lowered to the largest the rule is defined for with W rows
 it is reported as skipped, with the reason, and ``mda_cost`` times the exact
 search over (W, f) pairs it can do.
 
-Run: ``python -m pot_jax.bench.aggregation --json`` (about 5 minutes on a
+Run: ``python -m pot_jax.bench.aggregation --json`` (about 2 minutes on a
 2-core CPU, most of it NumPy at W = 64); writes
 benchmarks/results/aggregation.json and refuses to overwrite it without
 ``--force``. Numbers are noisy on a shared machine; the ratios, measured

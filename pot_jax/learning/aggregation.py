@@ -547,7 +547,8 @@ def krum(*, f: int) -> AggregationRule:
     other accepted rows (:func:`krum_scores`). Assumption: at most ``f`` of the
     n accepted inputs are Byzantine and ``n >= 2f + 3``. Ties go to the lowest
     worker index. Cost: the Gram matrix for the pairwise distances, W^2 P
-    multiply-adds against the mean's W P additions (W = 16: about 10x the mean;
+    multiply-adds against the mean's W P additions (W = 16: 5-10x the mean, the
+    more the quieter the machine, as the mean is memory-bound;
     ``python -m pot_jax.bench.aggregation`` measures every rule).
     """
     f = _int_param("krum", "f", f, minimum=0)
@@ -568,7 +569,7 @@ def multi_krum(*, f: int, m: int) -> AggregationRule:
     Same assumption as Krum (at most ``f`` Byzantine inputs, ``n >= 2f + 3``);
     in addition ``m <= n - f``, so that the m selected rows can all be honest
     (the usual choice is ``m = n - f``). Ties go to the lowest worker index.
-    Cost: Krum's, the Gram matrix (about 10x the mean at W = 16).
+    Cost: Krum's, the Gram matrix (5-10x the mean at W = 16).
     """
     f = _int_param("multi_krum", "f", f, minimum=0)
     m = _int_param("multi_krum", "m", m, minimum=1)
@@ -661,7 +662,7 @@ def geometric_median(*, iters: int = 8, eps: float = 1e-6, init: str = "median")
     output far from the geometric median under large attacks.
 
     Cost: the coordinate-wise median's sorting network (twice: the start feeds
-    a matrix product and its squared norm) and the Gram matrix, about 20x the
+    a matrix product and its squared norm) and the Gram matrix, 10-20x the
     mean at W = 16; the iterations run in W-space and cost nothing next to them.
     """
     iters = _int_param("geometric_median", "iters", iters, minimum=1)
@@ -736,7 +737,7 @@ def centered_clipping(
     momentum for robustness. Assumption: a Byzantine minority, f < n/2 (the
     paper's convergence rate needs the Byzantine fraction below a small
     constant and ``tau`` tuned to the honest spread). Cost: the Gram matrix
-    (about 10x the mean at W = 16); the iterations run in W-space.
+    (5-10x the mean at W = 16); the iterations run in W-space.
     """
     tau = _positive_param("centered_clipping", "tau", tau)
     iters = _int_param("centered_clipping", "iters", iters, minimum=1)
@@ -862,8 +863,8 @@ def meamed(*, f: int) -> AggregationRule:
     the edge of the window go to the smaller values; ByzFL breaks them by
     ``argpartition``, i.e. arbitrarily. Assumption: at most ``f`` Byzantine
     inputs and ``n >= 2f + 1``. Cost: a sorting network per coordinate and a
-    window of selects (W = 16: below 10x the mean; W = 64: the network runs
-    layer by layer, about 30x).
+    window of selects (W = 16: 4-5x the mean; W = 64, where the network runs
+    layer by layer: 20-25x).
     """
     f = _int_param("meamed", "f", f, minimum=0)
     return _rule(
@@ -923,8 +924,8 @@ def mda(*, f: int) -> AggregationRule:
     dynamic accepted count), and tracing raises ``ValueError`` when
     ``C(W, f) * W^2`` exceeds 2^24: practical for W = 16 at every f, W = 32
     with f <= 3 and W = 64 with f <= 2. Cost: the Gram matrix plus
-    C(W, f) W^2 work (W = 16, f = 4: about 10x the mean; W = 16, f = 7, 11440
-    subsets: a few times more).
+    C(W, f) W^2 work (W = 16: f = 4, 6-12x the mean; f = 7, 11440 subsets,
+    about 25x).
 
     Ties are common (subsets sharing the pair that sets the diameter): they go
     to the subset with the smallest sum of squared pairwise distances, which
@@ -991,7 +992,7 @@ def monna(*, f: int, idx: int | None = None) -> AggregationRule:
     output is NaN. Ties go to the lowest worker index. Assumption: at most
     ``f`` Byzantine inputs and ``n >= 2f + 1`` (and, with ``idx``, that worker
     honest). Cost: the coordinate-wise median's sorting network and one
-    distance per row, about 10x the mean at W = 16 (``idx``: a few times).
+    distance per row, 5-8x the mean at W = 16 (``idx``: about 3x).
     """
     f = _int_param("monna", "f", f, minimum=0)
     if idx is not None:
@@ -1062,9 +1063,9 @@ def caf(*, f: int) -> AggregationRule:
     power-iteration step from an unseeded random vector (so its output is
     random and its eigenvalue approximate), takes ``max tau`` over all rows,
     and returns None when f = 0. Assumption: at most ``f`` Byzantine inputs
-    and ``n >= 2f + 1``. Cost: the Gram matrix (about 10x the mean at W = 16)
-    and 2f ``eigh`` of W x W matrices, which add little at W = 16 and about a
-    third at W = 64 (f = 16: 32 of them).
+    and ``n >= 2f + 1``. Cost: the Gram matrix (5-10x the mean at W = 16)
+    and 2f ``eigh`` of W x W matrices, which add 10-30% to Krum's cost at
+    W = 16 and 60-100% at W = 64 (f = 16: 32 of them).
     """
     f = _int_param("caf", "f", f, minimum=0)
     return _rule(
@@ -1130,8 +1131,8 @@ def bulyan(*, f: int) -> AggregationRule:
     Not in ByzFL.
     Assumption: at most ``f`` Byzantine inputs and ``n >= 4f + 3``.
 
-    Cost: Krum's Gram matrix plus meamed's sorting network and window, about
-    20x the mean at W = 16 (the W - 2f Krum picks run in W-space).
+    Cost: Krum's Gram matrix plus meamed's sorting network and window, 9-16x
+    the mean at W = 16 (the W - 2f Krum picks run in W-space).
     """
     f = _int_param("bulyan", "f", f, minimum=0)
     return _rule(
@@ -1265,9 +1266,9 @@ def nnm(*, f: int) -> PreAggregator:
     f Byzantine inputs, the paper shows the composition keeps that tolerance
     with a better robustness coefficient. Assumption: at most ``f`` Byzantine
     inputs and ``n >= 2f + 1``. Cost: the Gram matrix and a W x W mixing
-    product over P, two W^2 P products (``nnm+mean``: about 20x the mean at
+    product over P, two W^2 P products (``nnm+mean``: 10-18x the mean at
     W = 16), and the rule behind it works on the mixed rows (``nnm+krum``: a
-    third product).
+    third product, 15-24x).
     """
     f = _int_param("nnm", "f", f, minimum=0)
     return _pre(
