@@ -77,33 +77,31 @@ def skip_sample() -> RoleBehaviour:
     return RoleBehaviour("skip_sample", check=check)
 
 
-def own_choice() -> RoleBehaviour:
-    """Recompute the lowest-index workers outside its VRF sample, and claim them as its sample."""
+def _recompute_others(claim_them: bool):
+    """Recompute the lowest-index workers outside the VRF sample (as many, at least one);
+    report them as the sample (``claim_them``) or report the VRF sample anyway."""
 
     def check(v, ctx, subs, selection):
         k = max(1, len(selection.workers))
         chosen = tuple(w for w in range(ctx.n_workers) if w not in selection.workers)[:k]
-        fake = Selection(v.index, chosen, selection.vrf_output, selection.vrf_proof)
         verdicts = check_submissions(
             ctx, subs, recompute=chosen, validator=v.index, **_scheme_mode(v)
         )
-        return fake, verdicts
+        if claim_them:
+            selection = Selection(v.index, chosen, selection.vrf_output, selection.vrf_proof)
+        return selection, verdicts
 
-    return RoleBehaviour("own_choice", check=check)
+    return check
+
+
+def own_choice() -> RoleBehaviour:
+    """Recompute workers of its own choosing and claim them as its sample."""
+    return RoleBehaviour("own_choice", check=_recompute_others(claim_them=True))
 
 
 def swap_sample() -> RoleBehaviour:
-    """Report the VRF sample honestly, recompute the workers just outside it instead."""
-
-    def check(v, ctx, subs, selection):
-        k = max(1, len(selection.workers))
-        chosen = tuple(w for w in range(ctx.n_workers) if w not in selection.workers)[:k]
-        verdicts = check_submissions(
-            ctx, subs, recompute=chosen, validator=v.index, **_scheme_mode(v)
-        )
-        return selection, verdicts
-
-    return RoleBehaviour("swap_sample", check=check)
+    """Report the VRF sample honestly, but recompute workers outside it instead."""
+    return RoleBehaviour("swap_sample", check=_recompute_others(claim_them=False))
 
 
 def vouch() -> RoleBehaviour:
