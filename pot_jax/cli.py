@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -48,7 +49,11 @@ def _train(args: argparse.Namespace) -> int:
         s = run_protocol(config_from_args(ProtocolConfig, args), tensorboard=args.tensorboard)
     reasons = ", ".join(f"{k}: {v}" for k, v in s.rejections_by_category.items()) or "none"
     slashed = (
-        ", ".join(f"validator {v}: {' '.join(f)}" for v, f in s.slashed_validators.items())
+        "; ".join(
+            f"validator {v}: "
+            + ", ".join(f"{fault} x{k}" for fault, k in collections.Counter(faults).items())
+            for v, faults in s.slashed_validators.items()
+        )
         or "none"
     )
     print(
