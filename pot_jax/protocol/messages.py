@@ -14,6 +14,11 @@ keeps (``protocol.transcript``):
 * ``ReportMessage``: a report and the fraud proofs it cites, as a validator
   broadcasts it (the proofs travel beside the report, not inside the
   proposal: only their digests are committed).
+* a **submission** (``encode_submission``): a worker's signed gradient on
+  the wire (worker, commitment, signature, public key, the gradient as
+  little-endian float32 of any length); whatever a Byzantine worker puts in
+  it, the decoder gives a ``Submission`` for the cheap checks to judge,
+  or a ``MessageError`` for bytes that are not one.
 * ``RoundInputs``: what the proposer put into a round, the reports (at least
   a quorum) and any equivocation evidence (``consensus.evidence``). Its
   digest is in the round record, so the QC signs the inputs too.
@@ -30,8 +35,11 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from pot_jax.consensus.evidence import EquivocationEvidence
 from pot_jax.verification.checks import Category
+from pot_jax.verification.context import Submission
 
 __all__ = [
     "Check",
@@ -40,13 +48,17 @@ __all__ = [
     "ReportMessage",
     "RoundInputs",
     "decode_proposal",
+    "decode_submission",
     "encode_proposal",
+    "encode_submission",
 ]
 
 _REPORT_MAGIC = b"PJRP\x01"
 _INPUTS_MAGIC = b"PJRI\x01"
 _PROPOSAL_MAGIC = b"PJPR\x01"
 _REPORT_MESSAGE_MAGIC = b"PJRM\x01"
+_SUBMISSION_MAGIC = b"PJSB\x01"
+MAX_GRADIENT_BYTES = 1 << 30
 _REPORT_TAG = b"pot-jax/validator-report/v1\x00"
 MAX_REPORTS = 1 << 12
 MAX_WORKERS = 1 << 20
@@ -356,3 +368,46 @@ def _fixed(b: bytes, what: str) -> bytes:
     if len(b) != 32:
         raise MessageError(f"{what} is {len(b)} bytes, expected 32")
     return b
+
+
+def encode_submission(sub: Submission) -> bytes:
+    """A worker's submission on the wire; ``MessageError`` if a field cannot travel.
+
+    The gradient travels as little-endian float32 of its own length (a
+    wrong-length gradient is the cheap checks' to reject); one of another
+    dtype or rank cannot be sent as a gradient at all.
+    """
+    gradient = np.asarray(sub.gradient) if isinstance(sub.gradient, np.ndarray) else None
+    if gradient is None or gradient.dtype != np.float32 or gradient.ndim != 1:
+        raise MessageError(
+            f"worker {sub.worker!r}: a submission's gradient travels as a 1-D float32 array"
+        )
+    fields = (sub.commitment, sub.signature, sub.public_key)
+    if not isinstance(sub.worker, int) or not all(isinstance(b, bytes) for b in fields):
+        raise MessageError("a submission's worker is an int and its other fields are bytes")
+    data = gradient.astype("<f4").tobytes()
+    return b"".join(
+        (
+            _SUBMISSION_MAGIC,
+            struct.pack(">I", sub.worker),
+            _short(sub.commitment),
+            _short(sub.signature),
+            _short(sub.public_key),
+            _long(data),
+        )
+    )
+
+
+def decode_submission(data: bytes) -> Submission:
+    """The submission in ``data`` (fields unchecked: that is ``cheap_checks``' job)."""
+    r = _Reader(data, "submission")
+    if r.take(len(_SUBMISSION_MAGIC)) != _SUBMISSION_MAGIC:
+        raise MessageError("submission does not start with the submission magic")
+    worker = r.uint(">I")
+    commitment, signature, public_key = r.short_bytes(), r.short_bytes(), r.short_bytes()
+    n = r.uint(">I")
+    if n % 4 or n > MAX_GRADIENT_BYTES:
+        raise MessageError(f"submission gradient of {n} bytes: expected float32, at most 1 GiB")
+    gradient = np.frombuffer(r.take(n), dtype="<f4").astype(np.float32)
+    r.end()
+    return Submission(worker, gradient, commitment, signature, public_key)

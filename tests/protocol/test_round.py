@@ -95,3 +95,22 @@ def test_an_accepted_gradient_that_is_not_the_committed_one_is_refused(round0):
     swapped = {**gradients, honest: gradients[honest] * 2}
     with pytest.raises(InputsError, match="does not hash to the accepted commitment"):
         transition(run.rules, run.state, inputs, proofs, swapped)
+
+
+def test_a_submission_survives_the_wire_and_garbage_does_not_decode(round0):
+    from pot_jax.protocol.messages import MessageError, decode_submission, encode_submission
+    from pot_jax.verification import cheap_checks
+
+    run, *_ = round0
+    submissions, _, _ = run._submissions(0, run.batches.of_round(0))
+    ctx = run.rules.context(0, run.state.params)
+    for w, sub in submissions.items():
+        back = decode_submission(encode_submission(sub))
+        assert back.gradient.tobytes() == sub.gradient.tobytes() and back.worker == w
+        assert (cheap_checks(ctx, back) is None) == (cheap_checks(ctx, sub) is None)
+    data = encode_submission(submissions[0])
+    for bad in (data[:-1], data + b"\x00", b"PJSB\x02" + data[5:], data[:9]):
+        with pytest.raises(MessageError):
+            decode_submission(bad)
+    with pytest.raises(MessageError, match="1-D float32"):
+        encode_submission(dataclasses.replace(submissions[0], gradient="not an array"))
