@@ -1153,7 +1153,7 @@ class ValidationConfig:
 
     cells: tuple[tuple[str, str], ...] = (
         ("mean", "alie"),
-        ("trimmed_mean:trim=4", f"optimal_ipm:rule=trimmed_mean;trim=4,{_SEARCH}"),
+        ("trimmed_mean:trim=4", f"optimal_ipm:rule=trimmed_mean:trim=4,{_SEARCH}"),
     )
     workers: int = 16
     byzantine_fraction: float = 0.25
@@ -1426,15 +1426,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, file=sys.stderr, flush=True)
 
     result: dict[str, Any] = {"preset": args.preset}
+
+    def save() -> None:  # after each part, so a failure later keeps what was measured
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1) + "\n")
+
     if not args.validate_only:
         result["sweep"] = measure_robustness(config, log=log)
+        save()
     if args.validate or args.validate_only:
         result["validation"] = validate_against_protocol(ValidationConfig(), log=log)
         if "sweep" not in result:
             result.update(run_metadata())
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        save()
     if args.json:
         print(json.dumps(result))
     elif "sweep" in result:

@@ -314,6 +314,19 @@ def test_canary_the_undefended_mean_collapses_under_a_strong_attack(tiny_result)
     assert acc("ipm:epsilon=10.0", "mean", "none") < 0.15
 
 
+def test_validation_cells_are_protocol_configs_and_model_attacks():
+    """What validate_against_protocol hands the real protocol parses, and the model runs it."""
+    from pot_jax.config import ProtocolConfig
+
+    config = rb.ValidationConfig()
+    for aggregation, attack in config.cells:
+        ProtocolConfig(aggregation=aggregation, attack=attack, workers=config.workers)
+        rule = RULES.build(aggregation, flag="x")
+        rb.jax_attack(
+            attack, rule=rule, n_workers=config.workers, n_byzantine=4, protocol_mode=True
+        )
+
+
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
