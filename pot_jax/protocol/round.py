@@ -453,11 +453,10 @@ def new_model(
         if g is None:
             raise InputsError(f"round {state.round}: no gradient for accepted worker {a.worker}")
         g = np.asarray(g)
-        if (
-            g.dtype != np.float32
-            or g.shape != (P,)
-            or (known or {}).get(a.worker, flat_digest(rules.learner.header, g)) != a.commitment
-        ):
+        digest = (known or {}).get(a.worker)
+        if g.dtype == np.float32 and g.shape == (P,) and digest is None:
+            digest = flat_digest(rules.learner.header, g)
+        if g.dtype != np.float32 or g.shape != (P,) or digest != a.commitment:
             raise InputsError(
                 f"round {state.round}: worker {a.worker}'s gradient does not hash to the "
                 "accepted commitment"

@@ -129,6 +129,12 @@ UNITS = {
 }
 
 
+def _has_decided(node, seq: int) -> bool:
+    """Whether ``node`` decided ``seq``; decisions are appended in sequence order."""
+    d = node.decisions
+    return bool(d) and d[-1].seq >= seq and any(x.seq == seq for x in reversed(d))
+
+
 def _accept_anything(value: bytes) -> bool:
     return True
 
@@ -571,8 +577,8 @@ class ProtocolRun:
         seq = r + 1
         honest_nodes = [x for x in self.cluster.nodes if not x.faulty]
 
-        def decided() -> bool:
-            return all(any(d.seq == seq for d in x.decisions) for x in honest_nodes if x.up)
+        def decided() -> bool:  # called after every event: O(1) until the round is decided
+            return all(_has_decided(x, seq) for x in honest_nodes if x.up)
 
         self.net.run(until=t0 + MAX_ROUND_VIRTUAL_TIME, stop=decided)
         if not decided():
