@@ -161,18 +161,9 @@ def _f5(d: Path) -> list[str]:
 
 
 def _f6(d: Path) -> list[str]:
-    rows = read_csv(d / DATA_CSV)
-    acc = defaultdict(list)
-    for r in rows:
-        acc[(r["attack"], r["defense"])].append(r["pot_accuracy"])
-    central = statistics.mean(r["centralized_accuracy"] for r in rows)
-    out = [f"centralized accuracy (mean over runs): {_f(central)}"]
-    for attack in dict.fromkeys(r["attack"] for r in rows):
-        cells = [
-            f"{defense} {_f(statistics.mean(v))}" for (a, defense), v in acc.items() if a == attack
-        ]
-        out.append(f"{attack}: " + "; ".join(cells))
-    return out
+    from experiments.f6_robustness import summary
+
+    return summary(d)
 
 
 def _f7(d: Path) -> list[str]:

@@ -193,7 +193,14 @@ class RobustnessConfig:
     channels: tuple[int, ...] = (16, 32)
     honest: int = 10
     byzantine: tuple[int, ...] = (1, 2, 3, 4)
-    heterogeneity: tuple[str, ...] = ("gamma:1.0", "gamma:0.66", "gamma:0.33", "gamma:0.0")
+    heterogeneity: tuple[str, ...] = (
+        "gamma:1.0",
+        "gamma:0.66",
+        "gamma:0.33",
+        "gamma:0.0",
+        "dirichlet:1.0",
+        "dirichlet:0.1",
+    )
     aggregators: tuple[str, ...] = all_aggregators()
     attacks: tuple[str, ...] = BYZFL_ATTACKS + BEYOND_BYZFL
     verifications: tuple[str, ...] = VERIFICATIONS
@@ -671,17 +678,24 @@ def epoch_batches(shards: Sequence[np.ndarray], batch: int, steps: int, seed: in
 
     Worker i walks its shard in epochs of ``len(shard) // batch`` batches, each
     epoch in a fresh random order (``numpy.random.default_rng((seed, i))``); a
-    last partial batch is dropped.
+    last partial batch is dropped. A shard smaller than a batch (a Dirichlet
+    split can leave one) is sampled with replacement.
     """
     out = np.empty((steps, len(shards), batch), np.int32)
     for i, shard in enumerate(shards):
-        per_epoch = len(shard) // batch
+        shard = np.asarray(shard)
+        if not len(shard):
+            raise ValueError(f"worker {i}'s shard is empty")
         rng = np.random.default_rng((seed, i))
-        epochs = -(-steps // per_epoch)
-        order = np.concatenate(
-            [rng.permutation(len(shard))[: per_epoch * batch] for _ in range(epochs)]
-        )
-        out[:, i, :] = np.asarray(shard)[order[: steps * batch]].reshape(steps, batch)
+        per_epoch = len(shard) // batch
+        if per_epoch == 0:
+            order = rng.integers(len(shard), size=steps * batch)
+        else:
+            epochs = -(-steps // per_epoch)
+            order = np.concatenate(
+                [rng.permutation(len(shard))[: per_epoch * batch] for _ in range(epochs)]
+            )
+        out[:, i, :] = shard[order[: steps * batch]].reshape(steps, batch)
     return out
 
 
@@ -931,17 +945,13 @@ def measure_robustness(
     and the wall time of each program (compile included).
     """
     start = time.perf_counter()
+    meta = run_metadata()  # at the start: the commit that ran, not one made meanwhile
     data = _load(config)
     learner = _learner(config, data)
     H = config.honest
     batches = {}
     for h in config.heterogeneity:
         shards = heterogeneity_shards(h, data.y_train, H, config.data_seed)
-        if min(len(s) for s in shards) < config.batch_size:
-            raise ValueError(
-                f"heterogeneity {h}: a worker's shard holds {min(len(s) for s in shards)} "
-                f"examples, fewer than batch_size = {config.batch_size}"
-            )
         for seed in config.seeds:
             batches[(h, seed)] = epoch_batches(shards, config.batch_size, config.steps, seed)
     arrays = tuple(map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test)))
@@ -1012,7 +1022,7 @@ def measure_robustness(
         "params": learner.num_params,
         "n_train": data.n_train,
         "n_test": data.n_test,
-        **run_metadata(),
+        **meta,
         **summarize_runs(runs),
         "skipped": skipped,
         "runs": runs,

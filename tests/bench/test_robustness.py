@@ -81,6 +81,15 @@ def test_gamma_partition_rejects_gamma_outside_the_unit_interval(gamma):
         gamma_similarity_partition(LABELS, 10, gamma, seed=0)
 
 
+def test_epoch_batches_walk_each_shard_without_replacement_and_sample_tiny_ones():
+    shards = [np.arange(0, 10), np.arange(10, 13)]  # 10 examples, and 3 < batch
+    batches = rb.epoch_batches(shards, 4, 6, seed=0)
+    assert batches.shape == (6, 2, 4)
+    epoch = batches[:2, 0].ravel()  # 10 // 4 = 2 batches an epoch, no repeats within it
+    assert len(set(epoch.tolist())) == 8 and set(epoch.tolist()) <= set(range(10))
+    assert set(batches[:, 1].ravel().tolist()) <= {10, 11, 12}
+
+
 # --------------------------------------------------------------------------- #
 # Attacks: the JAX forms match the registered ones
 # --------------------------------------------------------------------------- #
