@@ -56,7 +56,10 @@ FIGURES: dict[str, FigureSpec] = {
             "experiments.f1_accuracy",
         ),
         FigureSpec(
-            "f6_robustness", "Final accuracy: attack x defense", CLAIM1, "experiments.f6_robustness"
+            "f6_robustness",
+            "Worst case over attacks: robust aggregation alone vs. with spot checks",
+            CLAIM1,
+            "experiments.f6_robustness",
         ),
         FigureSpec("f3_cost", "Cost model and its sensitivity", CLAIM3, "experiments.f3_cost"),
         FigureSpec(
