@@ -1,0 +1,1 @@
+"""Deployed nodes: real processes that run the protocol over a real network (gRPC streams)."""
