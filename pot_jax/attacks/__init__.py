@@ -3,7 +3,8 @@
 ``pot_jax.attacks.workers`` holds the ``Attack`` record, the registry and the
 basic attacks; ``pot_jax.attacks.robust`` the attacks on robust aggregation
 (ByzFL's set, min-max/min-sum, Fang et al.) and the tolerance-mode ``drift``,
-registered on import.
+registered on import; ``pot_jax.attacks.sampling`` the attack that knows the
+spot checks (``sample_aware``: honest when it might be recomputed).
 
 Depends on ``pot_jax.learning`` only.
 """
@@ -26,6 +27,13 @@ from pot_jax.attacks.robust import (
     optimal_ipm,
     scale_grid,
     shejwalkar_gamma,
+)
+from pot_jax.attacks.sampling import (
+    SAMPLE_KNOWLEDGE,
+    SAMPLING_ATTACK_NAMES,
+    inner_spec,
+    predicted_samples,
+    sample_aware,
 )
 from pot_jax.attacks.workers import (
     ATTACK_NAMES,
@@ -61,6 +69,8 @@ __all__ = [
     "GARBAGE_KINDS",
     "KNOWLEDGE",
     "ROBUST_ATTACK_NAMES",
+    "SAMPLE_KNOWLEDGE",
+    "SAMPLING_ATTACK_NAMES",
     "SHEJWALKAR_DIRECTIONS",
     "WRONG_SHAPE_KINDS",
     "Attack",
@@ -81,6 +91,7 @@ __all__ = [
     "gaussian",
     "honest",
     "inf",
+    "inner_spec",
     "ipm",
     "label_flip",
     "lazy",
@@ -92,7 +103,9 @@ __all__ = [
     "nan_inf",
     "optimal_alie",
     "optimal_ipm",
+    "predicted_samples",
     "register_attack",
+    "sample_aware",
     "scale_grid",
     "scaled",
     "shejwalkar_gamma",

@@ -16,6 +16,7 @@ from pot_jax.attacks import (
     ATTACKS,
     KNOWLEDGE,
     ROBUST_ATTACK_NAMES,
+    SAMPLING_ATTACK_NAMES,
     SHEJWALKAR_DIRECTIONS,
     Attack,
     AttackContext,
@@ -128,6 +129,8 @@ VARIANTS = {
         {"threshold": DRIFT_THRESHOLD},
         {"threshold": DRIFT_THRESHOLD, "direction": "random"},
     ],
+    # Blind and always attacking here; tests/attacks/test_sampling.py covers the rest.
+    "sample_aware": [{"inner": "sign_flip", "p": 1.0}, {"inner": "alie", "p": 1.0}],
 }
 OWN = {
     "honest",
@@ -166,8 +169,13 @@ def _same(a, b):
 
 
 def test_every_registered_attack_is_exercised_and_names_do_not_collide():
-    assert set(VARIANTS) == set(ATTACKS.names()) == set(ATTACK_NAMES) | set(ROBUST_ATTACK_NAMES)
+    assert (
+        set(VARIANTS)
+        == set(ATTACKS.names())
+        == set(ATTACK_NAMES) | set(ROBUST_ATTACK_NAMES) | set(SAMPLING_ATTACK_NAMES)
+    )
     assert not set(ATTACK_NAMES) & set(ROBUST_ATTACK_NAMES)
+    assert not (set(ATTACK_NAMES) | set(ROBUST_ATTACK_NAMES)) & set(SAMPLING_ATTACK_NAMES)
 
 
 def test_knowledge_is_as_stated_for_every_attack():
@@ -180,6 +188,8 @@ def test_knowledge_is_as_stated_for_every_attack():
                 expected = "own" if kw["mode"] == "zero" else "colluding"
             elif name == "cheat_sometimes":
                 expected = make_attack(kw["attack"]).knowledge
+            elif name == "sample_aware":
+                expected = make_attack(kw["inner"]).knowledge
             else:
                 expected = "own" if name in OWN else "colluding"
             assert attack.knowledge == expected, (name, kw)
