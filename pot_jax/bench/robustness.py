@@ -42,9 +42,10 @@ yet banned is recomputed with probability ``d = 1 - (1 - p / n_v)^h``
 (``detection_probability``: budget p, n_v validators of which h honest; the
 protocol default 0.1, 4 and 3 gives d = 0.0731); a recomputed wrong gradient
 is rejected in that round and its worker excluded for the rest of the run
-(fraud proof and ban). Every attack here always sends something other than
-its own gradient, so a recomputed Byzantine row is always wrong (in
-``protocol`` mode this is checked row by row). ``verification="none"`` is
+(fraud proof and ban). Every attack here but ``honest`` and ``sample_aware``
+always sends something other than its own gradient, so a recomputed
+Byzantine row is always wrong; in ``protocol`` mode this is checked row by
+row, so a recomputed row equal to the worker's own passes. ``verification="none"`` is
 robust aggregation alone. In both, every server rejects non-finite rows (the
 protocol's cheap checks; rules assume finite rows), and the server declares
 the real number of Byzantine workers among what it aggregates, as ByzFL's
@@ -70,6 +71,17 @@ decay on validation accuracy against the worst attack, we keep its defaults
 (on MNIST-1D, learning rate 0.3: see :class:`RobustnessConfig`). Every random
 choice (initialisation, batches, checks, row order, attack noise) derives
 from the run's seed, so a run repeats exactly.
+
+**Sample-aware attackers** (issue 15's last attack): ``sample_aware``
+(:mod:`pot_jax.attacks.sampling`) is correct whenever it might be recomputed
+and runs an inner attack otherwise. :class:`SampleAwareConfig` measures, in
+protocol mode (the Byzantine workers hold data, so they can be correct),
+the oracle that predicts the samples from predictable keys against the blind
+attacker that secret keys leave it, which attacks with probability p a
+round: ``--sample-aware`` writes benchmarks/results/sample_aware.json. In the
+model the oracle attacks exactly where the check draw says no honest
+validator recomputes it; tests/attacks checks the prediction against the real
+protocol's VRF samples.
 
 Run ``python -m pot_jax.bench.robustness --json [--preset mini|mnist1d|mnist]
 [--data-dir DIR] [--validate]``: writes benchmarks/results/robustness.json
@@ -101,6 +113,7 @@ import optax
 
 import pot_jax.attacks.robust  # noqa: F401  (registers ByzFL's attacks in ATTACKS)
 from pot_jax.attacks.robust import scale_grid
+from pot_jax.attacks.sampling import inner_spec
 from pot_jax.attacks.workers import ATTACKS, alie_z, choose_byzantine
 from pot_jax.learning.aggregation import (
     PRE_AGGREGATOR_NAMES,
@@ -126,15 +139,20 @@ __all__ = [
     "BYZFL_ATTACKS",
     "DEFAULT_OUT",
     "PRESETS",
+    "SAMPLE_AWARE_PRESETS",
     "VERIFICATIONS",
     "RobustnessConfig",
+    "SampleAwareConfig",
     "ValidationConfig",
     "all_aggregators",
     "catch_probability",
     "heterogeneity_shards",
     "main",
     "measure_robustness",
+    "measure_sample_aware",
+    "sample_aware_table",
     "summarize_runs",
+    "summarize_sample_aware",
     "validate_against_protocol",
 ]
 
@@ -394,7 +412,10 @@ class _Round(NamedTuple):
     Byzantine slots, ``own_FxP`` the Byzantine workers' own gradients
     (protocol mode), ``flipped()`` the computed rows on flipped labels
     (computed only by the attacks that call it), ``key`` the round's key for
-    the attacks that draw noise.
+    the attacks that draw noise. ``sampled_F``: whether an honest validator
+    recomputes each Byzantine worker this round (the spot-check model's
+    draw), which only ``sample_aware:knows=oracle`` reads: what an attacker
+    holding the validators' keys predicts exactly.
     """
 
     ref_CxP: jax.Array
@@ -404,6 +425,7 @@ class _Round(NamedTuple):
     flipped: Callable[[], jax.Array]
     byz_idx_F: jax.Array
     key: Callable[[], jax.Array]
+    sampled_F: jax.Array | None = None
 
 
 class JaxAttack(NamedTuple):
@@ -582,6 +604,16 @@ def jax_attack(
 
     if name == "honest":
         return JaxAttack(attack.label, lambda rnd: rnd.own_FxP)
+    if name == "sample_aware":
+        return _jax_sample_aware(
+            parsed.kwargs,
+            params,
+            rule=target_rule,
+            n_workers=W,
+            n_byzantine=F,
+            protocol_mode=protocol_mode,
+            label=attack.label,
+        )
     if name == "ipm":
         eps = params["epsilon"]
         return JaxAttack(attack.label, tiled(lambda rnd: -eps * rnd.ref_CxP.mean(axis=0)))
@@ -652,8 +684,50 @@ def jax_attack(
     raise ValueError(
         f"attack {spec!r} has no JAX form in the robustness benchmark; it has "
         f"ipm, fall_of_empires, alie, optimal_ipm, optimal_alie, mimic, inf, gaussian, "
-        f"label_flip, min_max, min_sum, fang_krum, fang_trimmed_mean, sign_flip, scaled, honest"
+        f"label_flip, min_max, min_sum, fang_krum, fang_trimmed_mean, sign_flip, scaled, honest, "
+        f"sample_aware"
     )
+
+
+_COIN_TAG = 0x5A3  # folds the round's attack key into the sample-aware workers' coins
+
+
+def _jax_sample_aware(
+    kwargs: dict, params: dict, *, rule, n_workers, n_byzantine, protocol_mode, label
+) -> JaxAttack:
+    """``sample_aware`` (:mod:`pot_jax.attacks.sampling`) as a traced function.
+
+    Each Byzantine worker draws its coin ``u < p`` from the round's attack key
+    folded with a tag (one uniform per worker and round). ``knows="oracle"``
+    also attacks only where ``rnd.sampled_F`` is False: the spot-check model's
+    draw is the honest validators' sample, which the oracle computes exactly
+    (the model's ``colluders`` are the silent validators, which never sample).
+    When it does not attack, a worker sends its own row, which a check finds
+    correct. Needs protocol mode: a worker needs its own gradient to be correct.
+    """
+    if not protocol_mode:
+        raise ValueError(
+            "sample_aware sends its own gradient when it might be checked, and here Byzantine "
+            "workers hold no data (as in ByzFL); use it in protocol mode"
+        )
+    inner = jax_attack(
+        inner_spec(kwargs.get("inner", "min_max")),
+        rule=rule,
+        n_workers=n_workers,
+        n_byzantine=n_byzantine,
+        protocol_mode=True,
+    )
+    p, oracle = float(params["p"]), params["knows"] == "oracle"
+
+    def craft(rnd: _Round) -> jax.Array:
+        coin_F = jax.random.uniform(jax.random.fold_in(rnd.key(), _COIN_TAG), (n_byzantine,))
+        attack_F = coin_F < p
+        if oracle:
+            attack_F = attack_F & ~rnd.sampled_F
+        sent_FxP = inner.craft(rnd).astype(jnp.float32)
+        return jnp.where(attack_F[:, None], sent_FxP, rnd.own_FxP)
+
+    return JaxAttack(label, craft)
 
 
 # --------------------------------------------------------------------------- #
@@ -775,6 +849,7 @@ def _program(
                 rows_CxP = g_CxP
             base_WxP = jnp.zeros((W, P), jnp.float32).at[comp_slots_C].set(rows_CxP)
             if F and attacks:
+                sampled_F = check_F < catch_p  # recomputed by an honest validator this round
                 rnd = _Round(
                     ref_CxP=rows_CxP,
                     base_WxP=base_WxP,
@@ -785,6 +860,7 @@ def _program(
                     ),
                     byz_idx_F=byz_idx_F,
                     key=lambda: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), r),
+                    sampled_F=sampled_F,
                 )
                 crafts = [lambda a=a: a.craft(rnd).astype(jnp.float32) for a in attacks]
                 sent_FxP = crafts[0]() if len(crafts) == 1 else jax.lax.switch(which, crafts)
@@ -794,7 +870,7 @@ def _program(
                     wrong_F = jnp.any(sent_FxP != base_WxP[byz_idx_F], axis=1)
                 else:
                     wrong_F = jnp.ones((F,), bool)  # Byzantine workers hold no data: never right
-                caught_now = (check_F < catch_p) & wrong_F & finite_F & ~banned_F
+                caught_now = sampled_F & wrong_F & finite_F & ~banned_F
                 banned_F = banned_F | caught_now
                 caught_F = jnp.where(caught_now, r, caught_F)
                 excluded_W = jnp.zeros((W,), bool).at[byz_idx_F].set(banned_F)
@@ -1335,6 +1411,293 @@ def validate_against_protocol(
 
 
 # --------------------------------------------------------------------------- #
+# What secret validator keys cost a sample-aware attacker
+# --------------------------------------------------------------------------- #
+
+DEFAULT_SAMPLE_AWARE_OUT = Path("benchmarks/results/sample_aware.json")
+
+
+@dataclass(frozen=True)
+class SampleAwareConfig:
+    """Robust aggregation plus spot checks against ``sample_aware`` attackers (issue 15).
+
+    The attacker is correct whenever it might be recomputed and runs ``inner``
+    (by default ``optimal_alie`` searching against the run's rule) otherwise.
+    With predictable validator keys (``knows=oracle``) it knows when; with
+    secret keys (``knows=blind``) it attacks in each round with probability p.
+    The setting is the mini sweep's (MNIST-1D, MLP 40-64-10, batch 32, SGD
+    0.3, weight decay 1e-4, worker momentum 0.9, 800 steps, spot checks with
+    budget 0.1 over 4 validators of which 1 silent: 0.073 per round), in
+    protocol mode: the f Byzantine workers hold shards of the gamma split like
+    the honest ones (W = honest + f), since a worker needs data to send a
+    correct gradient. Per aggregator, heterogeneity and seed the variants are
+    (``variants``): no attack (all W workers honest; the server still declares
+    f), the inner attack without verification, the oracle with the spot-check
+    model, and the blind attacker at each p in ``blind_p`` with it (p = 1 is
+    the inner attack with spot checks). Result: the final accuracy, its gap to
+    no attack (per seed, then over seeds) and the rounds until the Byzantine
+    workers are banned, in benchmarks/results/sample_aware.json
+    (``python -m pot_jax.bench.robustness --sample-aware``; about 10 minutes on
+    the shared 2-core CPU; paper_figures/README.md quotes the numbers).
+    """
+
+    dataset: str = "mnist1d"
+    hidden: tuple[int, ...] = (64,)
+    honest: int = 10
+    byzantine: int = 4
+    heterogeneity: tuple[str, ...] = ("gamma:1.0", "gamma:0.33")
+    aggregators: tuple[str, ...] = ("trimmed_mean", "nnm+trimmed_mean")
+    inner: str = "optimal_alie:" + _SEARCH.replace(",", ";")  # ';' inside sample_aware's spec
+    blind_p: tuple[float, ...] = (1.0, 0.3, 0.1)
+    steps: int = 800
+    eval_every: int = 50
+    batch_size: int = 32
+    learning_rate: float = 0.3
+    weight_decay: float = 1e-4
+    worker_momentum: float = 0.9
+    budget: float = 0.1
+    validators: int = 4
+    byzantine_validators: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data_seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int):
+            raise ValueError(f"byzantine = {self.byzantine!r}: expected an int >= 1")
+        if self.byzantine < 1:
+            raise ValueError(f"byzantine = {self.byzantine!r}: expected an int >= 1")
+        if not all(0 <= p <= 1 for p in self.blind_p):
+            raise ValueError(f"blind_p = {self.blind_p!r}: expected probabilities in [0, 1]")
+        self.setting()  # the shared checks (steps, eval_every, seeds, ...)
+
+    def setting(self) -> RobustnessConfig:
+        """The training setting as the sweep's config (its data, model, rules and checks)."""
+        return RobustnessConfig(
+            dataset=self.dataset,
+            hidden=self.hidden,
+            honest=self.honest,
+            byzantine=(self.byzantine,),
+            heterogeneity=self.heterogeneity,
+            aggregators=self.aggregators,
+            attacks=(),
+            steps=self.steps,
+            eval_every=self.eval_every,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            worker_momentum=self.worker_momentum,
+            budget=self.budget,
+            validators=self.validators,
+            byzantine_validators=self.byzantine_validators,
+            seeds=self.seeds,
+            data_seed=self.data_seed,
+        )
+
+    def variants(self) -> tuple[tuple[str, str, str], ...]:
+        """``(name, attack spec, verification)`` of every run of a cell."""
+        wrapped = f"sample_aware:inner={self.inner}"
+        colluders = ";".join(map(str, range(self.byzantine_validators)))
+        oracle = f"{wrapped},knows=oracle,budget={self.budget}"
+        if colluders:  # the silent validators never sample: the model's draw is the others'
+            oracle += f",colluders={colluders}"
+        return (
+            ("no_attack", "honest", "none"),
+            ("inner_alone", inner_spec(self.inner), "none"),
+            ("oracle", oracle, "spot_check_model"),
+            *(
+                (f"blind_p={p}", f"{wrapped},knows=blind,p={p}", "spot_check_model")
+                for p in self.blind_p
+            ),
+        )
+
+
+SAMPLE_AWARE_PRESETS: dict[str, SampleAwareConfig] = {
+    "mini": SampleAwareConfig(),
+    # Seconds: the tests' setting (a cheap inner attack, 1 of 5 workers Byzantine).
+    "tiny": SampleAwareConfig(
+        dataset="teacher",
+        hidden=(16,),
+        honest=4,
+        byzantine=1,
+        aggregators=("trimmed_mean",),
+        inner="ipm:epsilon=10.0",
+        blind_p=(1.0, 0.3),
+        steps=40,
+        eval_every=20,
+        batch_size=8,
+        seeds=(0, 1),
+    ),
+}
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "std": round(statistics.pstdev(values), 4),
+    }
+
+
+def measure_sample_aware(
+    config: SampleAwareConfig, *, log: Callable[[str], None] | None = None
+) -> dict:
+    """Run every variant of ``config`` (see its docstring); runs, per-cell summary, metadata.
+
+    One jitted program per aggregator (every variant's attack behind one
+    switch); each call vmaps the runs of one variant over heterogeneity and
+    seeds. Every variant of a seed sees the same batches, initialisation and
+    spot-check draws, so the gap to no attack is paired seed by seed.
+    """
+    start = time.perf_counter()
+    meta = run_metadata()
+    setting = config.setting()
+    data = _load(setting)
+    learner = _learner(setting, data)
+    H, F = config.honest, config.byzantine
+    W = H + F
+    batches = {}
+    for h in config.heterogeneity:
+        shards = heterogeneity_shards(h, data.y_train, W, config.data_seed)
+        for seed in config.seeds:
+            batches[(h, seed)] = epoch_batches(shards, config.batch_size, config.steps, seed)
+    arrays = tuple(map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test)))
+    d = catch_probability(setting)
+    inputs = _Inputs(arrays, _initializer(learner), batches, {}, d)
+    shape = _Shape(W, W, F, config.batch_size, config.steps, config.eval_every, True)
+    byz_W = np.arange(W) >= H  # Byzantine workers in slots H..W-1, holding shards too
+    variants = config.variants()
+    specs = list(dict.fromkeys(spec for _, spec, _ in variants))
+    runs, timings = [], []
+    for aggregator in config.aggregators:
+        rules = _rules_for(setting, aggregator, F, W)
+        attacks = [
+            jax_attack(spec, rule=rules[0], n_workers=W, n_byzantine=F, protocol_mode=True)
+            for spec in specs
+        ]
+        program = _program(
+            learner,
+            rules,
+            attacks,
+            shape,
+            momentum=config.worker_momentum,
+            num_classes=data.num_classes,
+        )
+        for name, spec, verification in variants:
+            t0 = time.perf_counter()
+            group = [(h, seed, verification) for h in config.heterogeneity for seed in config.seeds]
+            accs, caught, finite = _execute(program, specs.index(spec), shape, group, inputs, byz_W)
+            for i, (h, seed, _) in enumerate(group):
+                runs.append(
+                    {
+                        "aggregator": aggregator,
+                        "rule": rules[0].label,
+                        "heterogeneity": h,
+                        "variant": name,
+                        "attack": spec,
+                        "verification": verification,
+                        "seed": seed,
+                        **_metric_rows(accs[i], config.eval_every),
+                        "caught_rounds": [int(c) for c in caught[i]],
+                        "finite": bool(finite[i]),
+                    }
+                )
+            seconds = round(time.perf_counter() - t0, 2)
+            timings.append({"aggregator": aggregator, "variant": name, "seconds": seconds})
+            if log:
+                finals = " ".join(f"{r['final']:.3f}" for r in runs[-len(group) :])
+                log(
+                    f"{aggregator:18s} {name:12s} final {finals}  "
+                    f"{seconds:6.1f} s (first: with compile)"
+                )
+    return {
+        "benchmark": "sample_aware",
+        "config": dataclasses.asdict(config),
+        "variants": [list(v) for v in variants],
+        "seeds": list(config.seeds),
+        "catch_probability_per_round": d,
+        "params": learner.num_params,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        **meta,
+        "cells": summarize_sample_aware(runs, d, config.steps),
+        "runs": runs,
+        "timings": timings,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def summarize_sample_aware(runs: list[dict], d: float, steps: int) -> list[dict]:
+    """Per (aggregator, heterogeneity, variant): final accuracy, gap to no attack, bans.
+
+    ``damage`` is no-attack final minus the variant's final, per seed (the
+    same seed's no-attack run), then its spread over seeds. ``bans``: how many
+    Byzantine workers were banned, the mean and latest ban round. ``expected``:
+    the closed form with per-round check probability d: a worker attacking in
+    each round with probability c is banned after ``1 / (c d) - 1`` rounds on
+    average and gets ``1 / d - 1`` attacking rounds past the checks first,
+    whatever c; the oracle attacks in ``(1 - d) * steps`` rounds and is never banned.
+    """
+    by_cell = defaultdict(list)
+    for r in runs:
+        by_cell[(r["aggregator"], r["heterogeneity"], r["variant"])].append(r)
+    cells = []
+    for (agg, h, variant), rs in by_cell.items():
+        clean = {r["seed"]: r["final"] for r in by_cell.get((agg, h, "no_attack"), [])}
+        caught = [c for r in rs for c in r["caught_rounds"]]
+        banned = [c for c in caught if c >= 0]
+        all_banned = [max(r["caught_rounds"]) if min(r["caught_rounds"]) >= 0 else None for r in rs]
+        cell = {
+            "aggregator": agg,
+            "heterogeneity": h,
+            "variant": variant,
+            "attack": rs[0]["attack"],
+            "verification": rs[0]["verification"],
+            "seeds": [r["seed"] for r in rs],
+            "final": _spread([r["final"] for r in rs]),
+            "best": _spread([r["best"] for r in rs]),
+            "bans": {
+                "banned": len(banned),
+                "of": len(caught),
+                "mean_round": round(statistics.mean(banned), 1) if banned else None,
+                "latest_round": max(banned) if banned else None,
+                "all_banned_by_round": all_banned,
+            },
+        }
+        if clean and all(r["seed"] in clean for r in rs):
+            cell["damage"] = _spread([clean[r["seed"]] - r["final"] for r in rs])
+        if variant == "oracle":
+            cell["expected"] = {"attacking_rounds": round((1 - d) * steps, 1), "banned": 0}
+        elif variant.startswith("blind_p="):
+            c = float(variant.split("=", 1)[1])
+            cell["expected"] = {
+                "mean_ban_round": round(1 / (c * d) - 1, 1) if c else None,
+                "attacking_rounds_before_ban": round(1 / d - 1, 1),
+                "p_unbanned_at_end": round((1 - c * d) ** steps, 4),
+            }
+        cells.append(cell)
+    return cells
+
+
+def sample_aware_table(result: dict) -> str:
+    """Final accuracy, damage and bans per aggregator and variant (mean [min, max] over seeds)."""
+    lines = [
+        f"sample-aware attackers, {len(result['seeds'])} seeds; final accuracy and damage "
+        "(no attack - variant): mean [min, max]; bans: banned/of, mean round"
+    ]
+    for c in result["cells"]:
+        f, dmg, bans = c["final"], c.get("damage"), c["bans"]
+        damage = f"{dmg['mean']:+.3f} [{dmg['min']:+.3f}, {dmg['max']:+.3f}]" if dmg else "-"
+        mean_round = "-" if bans["mean_round"] is None else f"{bans['mean_round']:.1f}"
+        lines.append(
+            f"{c['aggregator']:18s} {c['heterogeneity']:10s} {c['variant']:12s} "
+            f"{f['mean']:.3f} [{f['min']:.3f}, {f['max']:.3f}]  {damage:26s} "
+            f"{bans['banned']}/{bans['of']} {mean_round}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
 
@@ -1343,6 +1706,13 @@ def describe_existing(path: Path) -> str:
     """One line saying what a result file holds."""
     try:
         old = json.loads(path.read_text())
+        if "sample_aware" in old:
+            sa = old["sample_aware"]
+            return (
+                f"{path} holds the sample-aware benchmark of {sa.get('utc_time')} "
+                f"(git {str(sa.get('git_commit'))[:10]}, {sa['config']['dataset']}, "
+                f"{len(sa.get('runs', []))} runs)"
+            )
         sweep = old.get("sweep", old)
         cfg = sweep["config"]
         return (
@@ -1411,17 +1781,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validate", action="store_true", help="also run the model-vs-protocol validation"
     )
     parser.add_argument("--validate-only", action="store_true", help="only the validation")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="result file ('-': none)")
+    parser.add_argument(
+        "--sample-aware",
+        action="store_true",
+        help="only the sample-aware attackers (oracle vs blind, SampleAwareConfig; presets "
+        "mini and tiny), written to benchmarks/results/sample_aware.json",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"result file ('-': none; default {DEFAULT_OUT}, with --sample-aware "
+        f"{DEFAULT_SAMPLE_AWARE_OUT})",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing result file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_SAMPLE_AWARE_OUT if args.sample_aware else DEFAULT_OUT
     out = None if str(args.out) == "-" else args.out
     if out is not None and out.exists() and not args.force:
         print(f"{describe_existing(out)}; pass --force to overwrite", file=sys.stderr)
         return 1
+    if args.sample_aware:
+        return _main_sample_aware(args, out)
     overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
@@ -1454,6 +1840,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     elif "sweep" in result:
         print(table(result))
+    return 0
+
+
+def _main_sample_aware(args, out: Path | None) -> int:
+    if args.preset not in SAMPLE_AWARE_PRESETS:
+        print(
+            f"--sample-aware runs presets {', '.join(SAMPLE_AWARE_PRESETS)}, not {args.preset!r}",
+            file=sys.stderr,
+        )
+        return 2
+    overrides: dict[str, Any] = {}
+    if args.seeds is not None:
+        overrides["seeds"] = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    config = dataclasses.replace(SAMPLE_AWARE_PRESETS[args.preset], **overrides)
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    result = {"preset": args.preset, "sample_aware": measure_sample_aware(config, log=log)}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result) if args.json else sample_aware_table(result["sample_aware"]))
     return 0
 
 

@@ -1,0 +1,175 @@
+"""The sample-aware attackers in the robustness benchmark's spot-check model.
+
+A sampled round in which the attacker sends its own gradient passes; a
+sampled attacking round is caught and the worker banned; the oracle attacks
+exactly where no honest validator samples it; a canary that attacks exactly
+where it is sampled is caught at once. Then ``measure_sample_aware`` on the
+``tiny`` preset and its command line. The oracle's prediction itself is
+checked against the real protocol in tests/attacks/test_sampling.py.
+"""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pot_jax.bench import robustness as rb
+from pot_jax.learning import RULES, load_dataset
+
+TINY = rb.SAMPLE_AWARE_PRESETS["tiny"]
+INNER = "ipm:epsilon=10.0"
+WRAPPED = f"sample_aware:inner={INNER}"
+SPECS = (
+    "honest",
+    INNER,
+    f"{WRAPPED},knows=oracle",
+    f"{WRAPPED},knows=blind,p=1.0",
+    f"{WRAPPED},knows=blind,p=0.0",
+    f"{WRAPPED},knows=blind,p=0.5",
+)
+W, F = 5, 2
+
+
+def _anti_oracle(rule):
+    """Canary: attacks exactly in the rounds an honest validator samples it."""
+    inner = rb.jax_attack(INNER, rule=rule, n_workers=W, n_byzantine=F, protocol_mode=True)
+
+    def craft(rnd):
+        return jnp.where(rnd.sampled_F[:, None], inner.craft(rnd), rnd.own_FxP)
+
+    return rb.JaxAttack("anti_oracle", craft)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Protocol mode, 5 workers of which 2 Byzantine (slots 1 and 3), the mean, 40 rounds."""
+    data = load_dataset("teacher", seed=0)
+    config = dataclasses.replace(rb.PRESETS["tiny"], steps=40)
+    learner = rb._learner(config, data)
+    rule = RULES.build("mean", flag="x")
+    attacks = [
+        rb.jax_attack(spec, rule=rule, n_workers=W, n_byzantine=F, protocol_mode=True)
+        for spec in SPECS
+    ] + [_anti_oracle(rule)]
+    shape = rb._Shape(W, W, F, 8, config.steps, config.eval_every, True)
+    program = rb._program(learner, [rule], attacks, shape, momentum=0.0, num_classes=10)
+    shards = rb.heterogeneity_shards("iid", data.y_train, W, 0)
+    arrays = tuple(map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test)))
+    batches = {("iid", 0): rb.epoch_batches(shards, 8, config.steps, 0)}
+    byz_W = np.zeros(W, bool)
+    byz_W[[1, 3]] = True
+    init = rb._initializer(learner)
+
+    def call(attack, catch):
+        inputs = rb._Inputs(arrays, init, batches, {}, catch)
+        which = len(SPECS) if attack == "anti_oracle" else SPECS.index(attack)
+        return rb._execute(program, which, shape, [("iid", 0, "spot_check_model")], inputs, byz_W)
+
+    return call
+
+
+def _same(a, b):
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_sampled_round_sent_honestly_passes_and_the_oracle_is_never_banned(run):
+    """Sampled every round, the oracle always sends its own gradient: the honest run, exactly."""
+    oracle = run(f"{WRAPPED},knows=oracle", 1.0)
+    assert oracle[1].tolist() == [[-1, -1]]
+    _same(oracle, run("honest", 1.0))
+    # Never sampled, it attacks every round: the inner attack's run, exactly.
+    _same(run(f"{WRAPPED},knows=oracle", 0.0), run(INNER, 0.0))
+
+
+def test_a_sampled_attacking_round_is_caught_and_banned(run):
+    assert run(f"{WRAPPED},knows=blind,p=1.0", 1.0)[1].tolist() == [[0, 0]]
+    for catch in (0.0, 0.3):  # p = 1 is the inner attack, checks and all
+        _same(run(f"{WRAPPED},knows=blind,p=1.0", catch), run(INNER, catch))
+    _same(run(f"{WRAPPED},knows=blind,p=0.0", 1.0), run("honest", 1.0))
+    # p = 0.5, checked every round: banned in the first round its coin says attack.
+    half = run(f"{WRAPPED},knows=blind,p=0.5", 1.0)[1]
+    assert np.all(half >= 0) and np.all(half < 40)
+
+
+def test_canary_an_attacker_that_attacks_when_sampled_is_banned_in_its_first_checked_round(run):
+    caught = run("anti_oracle", 0.3)[1]
+    first_checked = [
+        int(np.argmax(c < 0.3)) for c in rb.round_draws(0, 40, W, F)[0].T
+    ]  # the model's draws: the first round each worker is recomputed
+    assert caught.tolist() == [first_checked]
+    assert run(f"{WRAPPED},knows=oracle", 0.3)[1].tolist() == [[-1, -1]]
+
+
+def test_the_oracle_sends_its_own_row_exactly_where_sampled_and_the_inner_attack_elsewhere():
+    rule = RULES.build("mean", flag="x")
+    grads = np.random.default_rng(0).standard_normal((W, 7)).astype(np.float32)
+    byz = np.array([1, 3])
+    g = jnp.asarray(grads)
+    rnd = rb._Round(
+        ref_CxP=g,
+        base_WxP=g,
+        byz_W=jnp.asarray(np.isin(np.arange(W), byz)),
+        own_FxP=g[byz],
+        flipped=lambda: None,
+        byz_idx_F=jnp.asarray(byz),
+        key=lambda: jax.random.key(0),
+        sampled_F=jnp.array([True, False]),
+    )
+    oracle = rb.jax_attack(
+        f"{WRAPPED},knows=oracle", rule=rule, n_workers=W, n_byzantine=F, protocol_mode=True
+    )
+    sent = np.asarray(oracle.craft(rnd))
+    np.testing.assert_array_equal(sent[0], grads[1])
+    np.testing.assert_allclose(sent[1], -10.0 * grads.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_sample_aware_needs_workers_that_hold_data():
+    rule = RULES.build("mean", flag="x")
+    with pytest.raises(ValueError, match="protocol mode"):
+        rb.jax_attack(WRAPPED, rule=rule, n_workers=W, n_byzantine=F, protocol_mode=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return rb.measure_sample_aware(TINY)
+
+
+def test_every_variant_runs_for_every_seed_and_the_cells_summarise_them(tiny_result):
+    names = [v[0] for v in TINY.variants()]
+    assert names == ["no_attack", "inner_alone", "oracle", "blind_p=1.0", "blind_p=0.3"]
+    runs = tiny_result["runs"]
+    assert len(runs) == len(names) * len(TINY.seeds) * len(TINY.aggregators)
+    cells = {c["variant"]: c for c in tiny_result["cells"]}
+    assert set(cells) == set(names)
+    assert cells["no_attack"]["damage"]["mean"] == 0.0
+    assert cells["oracle"]["bans"]["banned"] == 0
+    assert cells["oracle"]["expected"]["banned"] == 0
+    assert cells["blind_p=1.0"]["bans"]["banned"] == cells["blind_p=1.0"]["bans"]["of"] == 2
+    for r in runs:
+        assert r["finite"] and len(r["caught_rounds"]) == TINY.byzantine
+    assert tiny_result["jax_version"] == jax.__version__ and tiny_result["device"]
+    assert "oracle" in rb.sample_aware_table(tiny_result)
+
+
+def test_the_oracle_and_the_unverified_attack_cost_more_than_a_banned_blind_attacker(tiny_result):
+    """On the tiny preset (ten times minus the mean from 1 of 5 workers) the order is clear."""
+    cells = {c["variant"]: c for c in tiny_result["cells"]}
+    assert cells["inner_alone"]["damage"]["mean"] > 0.03
+    assert cells["oracle"]["damage"]["mean"] > 0.03
+    assert cells["blind_p=1.0"]["damage"]["mean"] < cells["oracle"]["damage"]["mean"]
+
+
+def test_main_sample_aware_writes_its_own_file_and_refuses_to_overwrite_it(tmp_path, capsys):
+    out = tmp_path / "sample_aware.json"
+    args = ["--sample-aware", "--preset", "tiny", "--steps", "20", "--seeds", "0", "--quiet"]
+    assert rb.main([*args, "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads(out.read_text())
+    assert printed == stored and stored["sample_aware"]["config"]["steps"] == 20
+    assert rb.main([*args, "--out", str(out)]) == 1
+    assert "sample-aware benchmark" in capsys.readouterr().err
+    assert rb.main(["--sample-aware", "--preset", "mnist", "--out", "-", "--quiet"]) == 2
