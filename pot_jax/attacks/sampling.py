@@ -24,6 +24,10 @@ two explicit knowledge levels, ``knows``:
   otherwise; the first time an honest validator samples it while it attacks,
   it is caught and banned.
 
+Each worker decides for itself, so with p < 1 only some Byzantine workers
+of a round may attack; the inner attack is unchanged (a searching one still
+crafts its vector as if every Byzantine worker sent it).
+
 What it may know is the inner attack's ``knowledge`` (``"own"`` or
 ``"colluding"``, :mod:`pot_jax.attacks.workers`), plus, for ``"oracle"``,
 the validators' secret keys and the run's public spot-check parameters

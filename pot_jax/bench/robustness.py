@@ -704,6 +704,10 @@ def _jax_sample_aware(
     (the model's ``colluders`` are the silent validators, which never sample).
     When it does not attack, a worker sends its own row, which a check finds
     correct. Needs protocol mode: a worker needs its own gradient to be correct.
+    The coins are per worker, so with p < 1 some Byzantine workers of a round
+    may attack and others not; the inner attack is still the vector crafted
+    for all of them (a search assumes every Byzantine row carries it), as in
+    the registered attack.
     """
     if not protocol_mode:
         raise ValueError(
@@ -1434,9 +1438,11 @@ class SampleAwareConfig:
     (``variants``): no attack (all W workers honest; the server still declares
     f), the inner attack without verification, the oracle with the spot-check
     model, and the blind attacker at each p in ``blind_p`` with it (p = 1 is
-    the inner attack with spot checks). Result: the final accuracy, its gap to
-    no attack (per seed, then over seeds) and the rounds until the Byzantine
-    workers are banned, in benchmarks/results/sample_aware.json
+    the inner attack with spot checks); once per heterogeneity and seed, the
+    mean over the H honest workers alone and over all W (``REFERENCE_VARIANTS``).
+    Result: the final accuracy, its gap to the H honest workers alone (per
+    seed, then over seeds) and the rounds until the Byzantine workers are
+    banned, in benchmarks/results/sample_aware.json
     (``python -m pot_jax.bench.robustness --sample-aware``; about 10 minutes on
     the shared 2-core CPU; paper_figures/README.md quotes the numbers).
     """
@@ -1511,6 +1517,14 @@ class SampleAwareConfig:
         )
 
 
+# Run once with the mean: the H honest workers alone (the Byzantine workers send Inf, which the
+# finiteness check rejects every round: what is left once every cheater is banned, and f6's
+# reference), and all W workers honest.
+REFERENCE_VARIANTS = (
+    ("honest_workers_only", "inf", "none"),
+    ("all_workers_honest", "honest", "none"),
+)
+
 SAMPLE_AWARE_PRESETS: dict[str, SampleAwareConfig] = {
     "mini": SampleAwareConfig(),
     # Seconds: the tests' setting (a cheap inner attack, 1 of 5 workers Byzantine).
@@ -1519,6 +1533,7 @@ SAMPLE_AWARE_PRESETS: dict[str, SampleAwareConfig] = {
         hidden=(16,),
         honest=4,
         byzantine=1,
+        heterogeneity=("gamma:1.0",),
         aggregators=("trimmed_mean",),
         inner="ipm:epsilon=10.0",
         blind_p=(1.0, 0.3),
@@ -1566,10 +1581,11 @@ def measure_sample_aware(
     inputs = _Inputs(arrays, _initializer(learner), batches, {}, d)
     shape = _Shape(W, W, F, config.batch_size, config.steps, config.eval_every, True)
     byz_W = np.arange(W) >= H  # Byzantine workers in slots H..W-1, holding shards too
-    variants = config.variants()
-    specs = list(dict.fromkeys(spec for _, spec, _ in variants))
     runs, timings = [], []
-    for aggregator in config.aggregators:
+    programs = [("mean", REFERENCE_VARIANTS)]
+    programs += [(aggregator, config.variants()) for aggregator in config.aggregators]
+    for aggregator, variants in programs:
+        specs = list(dict.fromkeys(spec for _, spec, _ in variants))
         rules = _rules_for(setting, aggregator, F, W)
         attacks = [
             jax_attack(spec, rule=rules[0], n_workers=W, n_byzantine=F, protocol_mode=True)
@@ -1613,7 +1629,7 @@ def measure_sample_aware(
     return {
         "benchmark": "sample_aware",
         "config": dataclasses.asdict(config),
-        "variants": [list(v) for v in variants],
+        "variants": [list(v) for v in (*REFERENCE_VARIANTS, *config.variants())],
         "seeds": list(config.seeds),
         "catch_probability_per_round": d,
         "params": learner.num_params,
@@ -1630,8 +1646,11 @@ def measure_sample_aware(
 def summarize_sample_aware(runs: list[dict], d: float, steps: int) -> list[dict]:
     """Per (aggregator, heterogeneity, variant): final accuracy, gap to no attack, bans.
 
-    ``damage`` is no-attack final minus the variant's final, per seed (the
-    same seed's no-attack run), then its spread over seeds. ``bans``: how many
+    ``damage`` is the final accuracy of the H honest workers alone (the mean,
+    ``honest_workers_only``: f6's reference, and what is left once every
+    cheater is banned) minus the variant's, per seed, then its spread over
+    seeds; ``damage_vs_no_attack`` the same against the same rule with all W
+    workers honest and f still declared (``no_attack``). ``bans``: how many
     Byzantine workers were banned, the mean and latest ban round. ``expected``:
     the closed form with per-round check probability d: a worker attacking in
     each round with probability c is banned after ``1 / (c d) - 1`` rounds on
@@ -1643,6 +1662,9 @@ def summarize_sample_aware(runs: list[dict], d: float, steps: int) -> list[dict]
         by_cell[(r["aggregator"], r["heterogeneity"], r["variant"])].append(r)
     cells = []
     for (agg, h, variant), rs in by_cell.items():
+        honest_only = {
+            r["seed"]: r["final"] for r in by_cell.get(("mean", h, "honest_workers_only"), [])
+        }
         clean = {r["seed"]: r["final"] for r in by_cell.get((agg, h, "no_attack"), [])}
         caught = [c for r in rs for c in r["caught_rounds"]]
         banned = [c for c in caught if c >= 0]
@@ -1664,8 +1686,10 @@ def summarize_sample_aware(runs: list[dict], d: float, steps: int) -> list[dict]
                 "all_banned_by_round": all_banned,
             },
         }
+        if honest_only and all(r["seed"] in honest_only for r in rs):
+            cell["damage"] = _spread([honest_only[r["seed"]] - r["final"] for r in rs])
         if clean and all(r["seed"] in clean for r in rs):
-            cell["damage"] = _spread([clean[r["seed"]] - r["final"] for r in rs])
+            cell["damage_vs_no_attack"] = _spread([clean[r["seed"]] - r["final"] for r in rs])
         if variant == "oracle":
             cell["expected"] = {"attacking_rounds": round((1 - d) * steps, 1), "banned": 0}
         elif variant.startswith("blind_p="):
@@ -1683,7 +1707,7 @@ def sample_aware_table(result: dict) -> str:
     """Final accuracy, damage and bans per aggregator and variant (mean [min, max] over seeds)."""
     lines = [
         f"sample-aware attackers, {len(result['seeds'])} seeds; final accuracy and damage "
-        "(no attack - variant): mean [min, max]; bans: banned/of, mean round"
+        "(honest workers alone - variant): mean [min, max]; bans: banned/of, mean round"
     ]
     for c in result["cells"]:
         f, dmg, bans = c["final"], c.get("damage"), c["bans"]

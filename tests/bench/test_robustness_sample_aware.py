@@ -142,10 +142,12 @@ def test_every_variant_runs_for_every_seed_and_the_cells_summarise_them(tiny_res
     names = [v[0] for v in TINY.variants()]
     assert names == ["no_attack", "inner_alone", "oracle", "blind_p=1.0", "blind_p=0.3"]
     runs = tiny_result["runs"]
-    assert len(runs) == len(names) * len(TINY.seeds) * len(TINY.aggregators)
+    assert len(runs) == (len(names) * len(TINY.aggregators) + 2) * len(TINY.seeds)
     cells = {c["variant"]: c for c in tiny_result["cells"]}
-    assert set(cells) == set(names)
-    assert cells["no_attack"]["damage"]["mean"] == 0.0
+    assert set(cells) == {*names, "honest_workers_only", "all_workers_honest"}
+    assert cells["honest_workers_only"]["damage"] == {"mean": 0, "min": 0, "max": 0, "std": 0}
+    assert cells["no_attack"]["damage_vs_no_attack"]["max"] == 0.0
+    assert cells["honest_workers_only"]["aggregator"] == "mean"
     assert cells["oracle"]["bans"]["banned"] == 0
     assert cells["oracle"]["expected"]["banned"] == 0
     assert cells["blind_p=1.0"]["bans"]["banned"] == cells["blind_p=1.0"]["bans"]["of"] == 2
