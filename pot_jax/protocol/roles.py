@@ -64,6 +64,8 @@ __all__ = [
     "TrainingNode",
     "Validator",
     "attack_knowledge",
+    "proposal_round",
+    "supersedes",
     "worker_program",
 ]
 
@@ -90,6 +92,22 @@ def worker_program(learner, params, batch_of, n_workers, active, mode) -> np.nda
         x_B, y_B = batch_of(w)
         rows[w] = np.asarray(learner.worker_gradient(params, x_B, y_B))
     return rows
+
+
+def proposal_round(value: bytes) -> int | None:
+    """The round a proposal value is for (None: not a proposal)."""
+    try:
+        return RoundRecord.decode(decode_proposal(value)[0]).round
+    except (MessageError, RecordError):
+        return None
+
+
+def supersedes(decided: bytes, pending: bytes) -> bool:
+    """PBFT's ``supersedes`` hook: once round r's value is decided, every other value for
+    round r or earlier (another validator's derivation from other reports) is moot."""
+    r = proposal_round(decided)
+    p = proposal_round(pending)
+    return r is not None and (p is None or p <= r)
 
 
 def attack_knowledge(attack) -> str:

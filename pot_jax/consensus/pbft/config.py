@@ -29,7 +29,12 @@ class ReplicaConfig:
     size L (high watermark = low watermark + L), a multiple of
     ``checkpoint_interval`` K; PBFT's usual choice is L = 2K.
     ``validate(value) -> bool`` is the application check a backup runs on a
-    proposal before it prepares it. ``quorum_fn`` is for canary tests only.
+    proposal before it prepares it. ``supersedes(decided, pending) -> bool``
+    (optional) tells the replica that once ``decided`` is executed the pending
+    client request ``pending`` can never be decided usefully (a value for a
+    round that already committed): it is dropped, so that it neither keeps
+    the request timer running into a view change nor is proposed only to
+    be refused. ``quorum_fn`` is for canary tests only.
     ``piggyback_delay`` (linear pattern only; None turns it off) bounds how
     long a held QC or checkpoint vote waits for a carrier.
     """
@@ -48,6 +53,7 @@ class ReplicaConfig:
     future_buffer: int = 256
     piggyback_delay: float | None = 1.0
     validate: Callable[[bytes], bool] = _accept_all
+    supersedes: Callable[[bytes, bytes], bool] | None = None
     quorum_fn: Callable[[int], int] = quorum_size
 
     def __post_init__(self) -> None:

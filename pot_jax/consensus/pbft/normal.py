@@ -258,6 +258,10 @@ class NormalCase(StepContext):
             self.decisions.append(Decision(s, c.view, c.digest, c.value))
             if c.digest in self.state.pending:
                 del self.state.pending[c.digest]
+            if self.c.supersedes is not None and c.value is not None:
+                for d, value in list(self.state.pending.items()):
+                    if self.c.supersedes(c.value, value):
+                        del self.state.pending[d]
             self.state.decided_digests[c.digest] = s
             if s % self.c.checkpoint_interval == 0:
                 self.checkpoint(s, digest)
