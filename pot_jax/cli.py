@@ -603,6 +603,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # hands the line over before argparse sees it; these entries put them in the help.
     for name, (_, text) in FORWARDED_BENCHES.items():
         bench_sub.add_parser(name, help=text, add_help=False)
+    for name, (_, text) in FORWARDED_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -615,8 +617,23 @@ FORWARDED_BENCHES = {
 }
 
 
+# Commands with flags of their own, parsed by their module (the deployment runtime).
+FORWARDED_COMMANDS = {
+    "node": ("pot_jax.deploy.cluster:node_main", "run one node process of a real cluster"),
+    "up": (
+        "pot_jax.deploy.cluster:up_main",
+        "a local cluster of node processes over gRPC: train, stop, leave an auditable run",
+    ),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in FORWARDED_COMMANDS:
+        import importlib
+
+        module, function = FORWARDED_COMMANDS[argv[0]][0].split(":")
+        return getattr(importlib.import_module(module), function)(list(argv[1:]))
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in FORWARDED_BENCHES:
         import importlib
 

@@ -1,0 +1,571 @@
+"""``pot-jax node`` (one node process) and ``pot-jax up`` (a local cluster of them).
+
+``pot-jax up`` is a genesis ceremony plus a process supervisor:
+
+1. it generates every node's keys into a key directory of its own (``--keys
+   DIR``; secret files mode 0600; never inside the run directory), or loads
+   the ones there;
+2. it builds and signs the genesis exactly as ``pot-jax train`` does (so the
+   same config, seed and keys give the same genesis), writes it to
+   ``RUN_DIR/nodes/genesis.json`` with a peers file of 127.0.0.1 addresses;
+3. it starts one process per validator and per worker host (``pot-jax node``),
+   each with only its own secret key, waits until every one has warmed up,
+   then lets them start together;
+4. it waits until every honest validator wrote its closing record, stops the
+   processes, and assembles ``RUN_DIR`` from an honest validator's own
+   transcript (``config.json``, the transcript, its checkpoints and
+   metrics), which ``pot-jax audit`` checks as it checks a simulated run.
+
+Ctrl-C (or any failure) stops every process it started: each gets SIGTERM,
+then SIGKILL after a grace period, and ``up`` waits for all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pot_jax.config import ConfigError, ProtocolConfig, add_config_args, config_from_args
+
+__all__ = ["UpResult", "node_main", "up", "up_main"]
+
+log = logging.getLogger(__name__)
+KEY_FORMAT = "pot-jax/secret-key/v1"
+
+
+# -- one node ------------------------------------------------------------------------------------
+
+
+def _node_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pot-jax node", description="run one node (or one host of training nodes)"
+    )
+    p.add_argument("--role", choices=("validator", "worker"), required=True)
+    p.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        metavar="KEYFILE",
+        help="this node's secret key file (pot-jax keygen); a worker host takes one per node",
+    )
+    p.add_argument("--genesis", required=True, metavar="FILE", help="the signed run header")
+    p.add_argument("--peers", required=True, metavar="FILE", help="every node's address (JSON)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT")
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="this node's own state")
+    p.add_argument("--dataset-dir", default=None, metavar="DIR", help="where MNIST files are")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.25,
+        help="seconds per network delay of the simulator (deadlines and PBFT timers)",
+    )
+    p.add_argument("--faults", default=None, metavar="FILE", help="fault schedule (JSON)")
+    p.add_argument("--fault-start", type=float, default=None, help="unix time faults count from")
+    p.add_argument("--start-file", default=None, help="wait for this file before round 0")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        help="seconds a validator keeps serving its peers after its closing record (default: "
+        "until stopped)",
+    )
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def read_key_file(path: str | Path) -> tuple[str, int, dict]:
+    """``(role, index, fields)`` of one secret key file, checked as ``load_key_dir`` does."""
+    from pot_jax.protocol.keys import KeyFileError, _read_secret
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes()[: 1 << 16])
+        role, index = obj["role"], obj["index"]
+    except OSError as err:
+        raise KeyFileError(f"--key {path}: cannot read it ({err.strerror})") from None
+    except (ValueError, KeyError, TypeError):
+        raise KeyFileError(f"--key {path}: not a {KEY_FORMAT} file") from None
+    if role not in ("validator", "worker") or not isinstance(index, int):
+        raise KeyFileError(f"--key {path}: not a {KEY_FORMAT} file")
+    return role, index, _read_secret(path, role, index)
+
+
+def build_node(args):
+    """The node ``args`` describe, and a factory of its transport."""
+    from pot_jax.deploy.context import load_context, read_header
+    from pot_jax.deploy.faults import FaultLayer, FaultSchedule
+    from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode, WorkerHost
+    from pot_jax.deploy.transport import Transport
+
+    ctx = load_context(read_header(args.genesis), data_dir=args.dataset_dir)
+    config = ctx.config
+    endpoints = Endpoints.load(args.peers, n_validators=config.validators, n_workers=config.workers)
+    keys = [read_key_file(k) for k in args.key]
+    if any(role != args.role for role, _, _ in keys):
+        raise NodeError(f"--role {args.role} with a key file of another role")
+    if args.role == "validator":
+        if len(keys) != 1:
+            raise NodeError("a validator runs with exactly one --key")
+        _, index, obj = keys[0]
+        node = ValidatorNode(
+            ctx,
+            index,
+            int(obj["secret_key"], 16),
+            endpoints,
+            args.data_dir,
+            time_scale=args.time_scale,
+            linger=args.linger,
+        )
+        sign = lambda m: ctx.rules.report_scheme.sign(node.report_sk, m)  # noqa: E731
+    else:
+        node_keys = {index: bytes.fromhex(obj["secret_key"]) for _, index, obj in keys}
+        hosts = [k for k, (_, ws) in enumerate(endpoints.worker_hosts) if min(ws) == min(node_keys)]
+        if not hosts:
+            raise NodeError(f"no worker host in --peers runs training node {min(node_keys)}")
+        node = WorkerHost(
+            ctx, hosts[0], node_keys, endpoints, args.data_dir, time_scale=args.time_scale
+        )
+        first = min(node.nodes)
+        sign = lambda m: ctx.rules.signatures.sign(node.nodes[first].sk, m)  # noqa: E731
+    faults = None
+    if args.faults:
+        schedule = FaultSchedule.from_json(Path(args.faults).read_text())
+        faults = FaultLayer(schedule, seed=config.seed, start=args.fault_start)
+    from pot_jax.deploy.node import _hello_verifier
+
+    verify = _hello_verifier(ctx, endpoints)
+
+    def transport(on_message):
+        return Transport(
+            node.me,
+            args.listen,
+            endpoints.peers_of(node.me),
+            chain_id=ctx.chain_id,
+            sign=sign,
+            verify=verify,
+            on_message=on_message,
+            faults=faults,
+            seed=config.seed,
+        )
+
+    return node, transport
+
+
+def node_main(argv: list[str]) -> int:
+    args = _node_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        node, transport = build_node(args)
+    except (ValueError, OSError, ConfigError) as err:
+        print(f"pot-jax node: error: {err}", file=sys.stderr)
+        return 2
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.done.set)
+        await node.serve(transport, args.start_file)
+
+    asyncio.run(run())
+    return 0
+
+
+# -- a local cluster -----------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    data_dir: Path
+    log: Path
+    popen: subprocess.Popen | None = None
+    kills: int = 0
+
+    def start(self, env) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115  (owned by the child for its life)
+        self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        out.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class UpResult:
+    run_dir: str
+    rounds: int
+    final_params_hash: str
+    transcript_of: str
+    wall_seconds: float
+    processes: int
+    kills: list = field(default_factory=list)
+    node_stats: dict = field(default_factory=dict)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _keys_for(config: ProtocolConfig, run_dir: Path, keys_dir: str | None):
+    """The key directory the cluster runs with: given, or generated beside the run."""
+    from pot_jax.crypto.worker_signatures import DEFAULT_WORKER_SCHEME
+    from pot_jax.protocol.keys import generate_keys, write_key_dir
+
+    if config.keys == "derived":
+        raise ConfigError(
+            "--keys derived is a simulation option (every secret follows from the config); a "
+            "node of a real cluster holds its own secret: give --keys DIR"
+        )
+    directory = Path(keys_dir) if keys_dir else Path(str(run_dir).rstrip("/") + ".keys")
+    run_abs = run_dir.resolve()
+    if directory.resolve() == run_abs or run_abs in directory.resolve().parents:
+        raise ConfigError(f"--keys {directory} is inside the run directory {run_dir}")
+    if not directory.exists():
+        keys = generate_keys(config.validators, config.workers, worker_scheme=DEFAULT_WORKER_SCHEME)
+        write_key_dir(directory, keys)
+    return directory
+
+
+def _split(n: int, parts: int) -> list[list[int]]:
+    parts = max(1, min(parts, n))
+    return [list(range(n))[k::parts] for k in range(parts)]
+
+
+def up(
+    config: ProtocolConfig,
+    *,
+    keys_dir: str | None = None,
+    worker_hosts: int = 1,
+    time_scale: float = 0.25,
+    faults: str | None = None,
+    timeout: float | None = None,
+    kill: str = "",
+    restart_after: float = 2.0,
+    echo=print,
+) -> UpResult:
+    """Run ``config`` on a local cluster of node processes; see the module docstring."""
+    from pot_jax.protocol.keys import _file_name
+    from pot_jax.protocol.runner import RUN_FILES, ProtocolRun
+    from pot_jax.protocol.transcript import TRANSCRIPT_NAME, checkpoint_directory
+    from pot_jax.runinfo import refuse_existing_run, write_json
+
+    start = time.perf_counter()
+    run_dir = Path(config.run_dir)
+    refuse_existing_run(run_dir, RUN_FILES)
+    nodes_dir = run_dir / "nodes"
+    if nodes_dir.exists():
+        raise FileExistsError(
+            f"{nodes_dir} exists (a cluster ran here); choose another --run-dir or remove it"
+        )
+    keys_dir = _keys_for(config, run_dir, keys_dir)
+    config = ProtocolConfig(**{**config.to_dict(), "keys": str(keys_dir), "progress": False})
+    run = ProtocolRun(config)  # the genesis ceremony: the same genesis as pot-jax train
+    header = run.header()
+    nodes_dir.mkdir(parents=True)
+    genesis_file = nodes_dir / "genesis.json"
+    write_json(genesis_file, header)
+
+    n, W = config.validators, config.workers
+    hosts = _split(W, worker_hosts)
+    ports = _free_ports(n + len(hosts))
+    peers = {
+        "validators": [f"127.0.0.1:{p}" for p in ports[:n]],
+        "worker_hosts": [
+            {"address": f"127.0.0.1:{p}", "nodes": ws}
+            for p, ws in zip(ports[n:], hosts, strict=True)
+        ],
+    }
+    peers_file = nodes_dir / "peers.json"
+    write_json(peers_file, peers)
+    start_file = nodes_dir / "start"
+    fault_start = time.time() + 3600  # rewritten below, once every node is ready
+    procs: list[Proc] = []
+
+    def node_argv(role, keyfiles, port, data_dir):
+        argv = [sys.executable, "-m", "pot_jax.cli", "node", "--role", role]
+        for k in keyfiles:
+            argv += ["--key", str(k)]
+        argv += ["--genesis", str(genesis_file), "--peers", str(peers_file)]
+        argv += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+        argv += ["--time-scale", str(time_scale), "--start-file", str(start_file)]
+        if config.data_dir:
+            argv += ["--dataset-dir", str(config.data_dir)]
+        if faults:
+            argv += ["--faults", str(faults), "--fault-start", "FAULT_START"]
+        return argv
+
+    for i in range(n):
+        d = nodes_dir / f"validator-{i}"
+        key = keys_dir / _file_name("validator", i)
+        procs.append(
+            Proc(
+                f"validator/{i}",
+                node_argv("validator", [key], ports[i], d),
+                d,
+                nodes_dir / f"validator-{i}.log",
+            )
+        )
+    for k, ws in enumerate(hosts):
+        d = nodes_dir / f"workers-{k}"
+        keyfiles = [keys_dir / _file_name("worker", w) for w in ws]
+        procs.append(
+            Proc(
+                f"workers/{k}",
+                node_argv("worker", keyfiles, ports[n + k], d),
+                d,
+                nodes_dir / f"workers-{k}.log",
+            )
+        )
+
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    silent = {i for i in config.byzantine_validator_ids if config.validator_strategy == "silent"}
+    honest = [i for i in range(n) if i not in config.byzantine_validator_ids]
+    schedule = _parse_kills(kill, n, len(hosts))
+    kills_done: list = []
+    try:
+        echo(f"pot-jax up: {n} validators, {len(hosts)} worker host(s) for {W} training nodes")
+        ready_by = time.time() + 600
+        # Faults count from the moment the nodes start together.
+        fault_start = time.time() + 3600
+        for p in procs:
+            p.argv = [str(fault_start) if a == "FAULT_START" else a for a in p.argv]
+            p.start(env)
+        while not all((p.data_dir / "ready").exists() for p in procs):
+            _check_alive(procs, nodes_dir)
+            if time.time() > ready_by:
+                raise RuntimeError("pot-jax up: the nodes did not warm up within 600 s")
+            time.sleep(0.1)
+        start_file.write_text(str(time.time()))
+        echo("pot-jax up: every node is ready; training")
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        pending_restarts: list[tuple[float, Proc]] = []
+        while True:
+            committed = _committed_rounds(nodes_dir, honest)
+            for when, target in list(schedule):
+                if committed >= when:
+                    schedule.remove((when, target))
+                    proc = next(
+                        p for p in procs if p.name == _resolve(target, nodes_dir, honest, n)
+                    )
+                    if proc.alive():
+                        proc.popen.send_signal(signal.SIGKILL)
+                        proc.popen.wait()
+                        proc.kills += 1
+                        kills_done.append({"round": committed, "node": proc.name})
+                        echo(f"pot-jax up: SIGKILL {proc.name} after round {committed}")
+                        pending_restarts.append((time.perf_counter() + restart_after, proc))
+            for item in list(pending_restarts):
+                if time.perf_counter() >= item[0]:
+                    pending_restarts.remove(item)
+                    (item[1].data_dir / "ready").unlink(missing_ok=True)
+                    item[1].start(env)
+                    echo(f"pot-jax up: restarted {item[1].name}")
+            if all(
+                (nodes_dir / f"validator-{i}" / "closed.json").exists()
+                for i in honest
+                if i not in silent
+            ):
+                break
+            _check_alive([p for p in procs if p not in [x for _, x in pending_restarts]], nodes_dir)
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TimeoutError(f"pot-jax up: the run did not finish within {timeout:g} s")
+            time.sleep(0.05)
+    finally:
+        _stop(procs)
+
+    chosen = next(i for i in honest if (nodes_dir / f"validator-{i}" / "closed.json").exists())
+    src = nodes_dir / f"validator-{chosen}"
+    shutil.copyfile(src / "config.json", run_dir / "config.json")
+    shutil.copyfile(src / TRANSCRIPT_NAME, run_dir / TRANSCRIPT_NAME)
+    ck = checkpoint_directory(src / TRANSCRIPT_NAME)
+    shutil.copytree(ck, checkpoint_directory(run_dir / TRANSCRIPT_NAME))
+    shutil.copyfile(src / "metrics.jsonl", run_dir / "metrics.jsonl")
+    closed = json.loads((src / "closed.json").read_text())
+    stats = {}
+    for p in procs:
+        f = p.data_dir / "node-stats.json"
+        if f.exists():
+            stats[p.name] = json.loads(f.read_text())
+    result = UpResult(
+        run_dir=str(run_dir),
+        rounds=closed["rounds_committed"],
+        final_params_hash=closed["final_params_hash"],
+        transcript_of=f"validator/{chosen}",
+        wall_seconds=time.perf_counter() - start,
+        processes=len(procs),
+        kills=kills_done,
+        node_stats=stats,
+    )
+    from pot_jax.runinfo import run_metadata
+
+    summary = {
+        **closed,
+        "wall_seconds": result.wall_seconds,
+        "run_dir": str(run_dir),
+        "cluster": {
+            "engine": "processes",
+            "transcript_of": result.transcript_of,
+            "processes": len(procs),
+            "worker_hosts": len(hosts),
+            "time_scale": time_scale,
+            "faults": faults,
+            "kills": kills_done,
+            "node_stats": stats,
+        },
+        "metadata": run_metadata(),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return result
+
+
+def _parse_kills(text: str, n: int, hosts: int) -> list[tuple[int, str]]:
+    """``validator/1@3,primary@5,workers/0@2``: after round k commits, SIGKILL that node."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        target, _, when = part.partition("@")
+        if not when.isdigit():
+            raise ConfigError(f"--kill {part!r}: expected NODE@ROUND, e.g. validator/1@3")
+        role, _, index = target.partition("/")
+        ok = target == "primary" or (
+            index.isdigit()
+            and (
+                (role == "validator" and int(index) < n)
+                or (role == "workers" and int(index) < hosts)
+            )
+        )
+        if not ok:
+            raise ConfigError(
+                f"--kill {part!r}: NODE is validator/I (I < {n}), workers/K (K < {hosts}) or primary"
+            )
+        out.append((int(when), target))
+    return out
+
+
+def _resolve(target: str, nodes_dir: Path, honest, n) -> str:
+    if target != "primary":
+        return target
+    view = 0
+    for i in honest:
+        rows = _rows(nodes_dir / f"validator-{i}" / "metrics.jsonl")
+        if rows:
+            view = max(view, rows[-1].get("view", 0))
+    return f"validator/{view % n}"
+
+
+def _rows(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def _committed_rounds(nodes_dir: Path, honest) -> int:
+    return max(
+        (len(_rows(nodes_dir / f"validator-{i}" / "metrics.jsonl")) for i in honest), default=0
+    )
+
+
+def _check_alive(procs, nodes_dir) -> None:
+    for p in procs:
+        if p.popen is not None and p.popen.poll() is not None:
+            tail = p.log.read_text(errors="replace").splitlines()[-15:] if p.log.exists() else []
+            raise RuntimeError(
+                f"pot-jax up: {p.name} exited with code {p.popen.returncode}; the end of "
+                f"{p.log}:\n" + "\n".join(tail)
+            )
+
+
+def _stop(procs, grace: float = 5.0) -> None:
+    for p in procs:
+        if p.alive():
+            p.popen.send_signal(signal.SIGTERM)
+    end = time.time() + grace
+    for p in procs:
+        if p.popen is None:
+            continue
+        try:
+            p.popen.wait(timeout=max(0.0, end - time.time()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
+
+
+def _up_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pot-jax up",
+        description="run the protocol on a local cluster of node processes (every train flag works)",
+    )
+    add_config_args(p, ProtocolConfig)
+    p.add_argument("--worker-hosts", type=int, default=1, help="processes hosting training nodes")
+    p.add_argument("--time-scale", type=float, default=0.25, help="seconds per network delay")
+    p.add_argument("--faults", default=None, metavar="FILE", help="fault schedule (JSON)")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument(
+        "--kill",
+        default="",
+        metavar="SCHEDULE",
+        help="NODE@ROUND,...: SIGKILL NODE (validator/I, workers/K or primary) once ROUND "
+        "rounds committed, and restart it --restart-after seconds later",
+    )
+    p.add_argument("--restart-after", type=float, default=2.0)
+    return p
+
+
+def up_main(argv: list[str]) -> int:
+    args = _up_parser().parse_args(argv)
+    keys_dir = getattr(args, "keys", None)
+    keys_dir = None if keys_dir in (None, "random") else keys_dir
+    config = config_from_args(ProtocolConfig, args)
+    if keys_dir is None:
+        config = ProtocolConfig(**{**config.to_dict(), "keys": "random"})
+    try:
+        result = up(
+            config,
+            keys_dir=keys_dir,
+            worker_hosts=args.worker_hosts,
+            time_scale=args.time_scale,
+            faults=args.faults,
+            timeout=args.timeout,
+            kill=args.kill,
+            restart_after=args.restart_after,
+        )
+    except KeyboardInterrupt:
+        print("pot-jax up: interrupted; every node process was stopped", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, RuntimeError, TimeoutError, FileExistsError) as err:
+        print(f"pot-jax up: error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"rounds committed: {result.rounds}\nfinal model: {result.final_params_hash}\n"
+        f"transcript: {result.transcript_of}'s\nwall time: {result.wall_seconds:.1f} s\n"
+        f"run directory: {result.run_dir} (check it with: pot-jax audit {result.run_dir})"
+    )
+    return 0

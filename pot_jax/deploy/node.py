@@ -1,0 +1,972 @@
+"""Node processes of a real cluster: a validator (with its aggregation server) and a worker host.
+
+The roles are the sans-IO state machines of ``protocol.roles`` and the PBFT
+replica of ``consensus.pbft``; this module only drives them from real time
+and a real transport (``deploy.transport``, gRPC streams), exactly as the
+simulator's runner drives them from virtual time:
+
+* **ValidatorNode**: at the start of round r it announces the round's model
+  hash to the worker hosts (signed with its report key), collects
+  submissions until the submission deadline (or until every unbanned worker
+  submitted), reports, collects reports until the report deadline (or until
+  every validator reported), lets its aggregation server derive the round
+  and submits that value to its own PBFT replica. Every PBFT output is
+  applied in order: its durable state goes to the vote log (``store``)
+  before any message it produced is sent. A committed value is re-derived
+  (``Validator.outcome_of``) and written to this validator's own transcript
+  as the simulator writes it (ROUND, QC, INPUTS, [CKPT, FRAUD_PROOF...],
+  LEDGER, every ``checkpoint_every`` rounds a CKPT), then the next round
+  starts. After the last round the validators exchange BLS votes on the
+  closing statement and each writes the CLOSING record with a quorum of them.
+* **WorkerHost**: hosts the training nodes it has keys for. It trains on a
+  model only when f + 1 validators announced its hash (so at least one
+  honest validator vouches for it) and only on bytes that hash to it; each
+  node computes its gradient (or its attack, with only what it may know),
+  signs its commitment with its own key and sends the submission to every
+  validator. Validators accept a node's submission only from the host the
+  peers file names for it, so one host cannot pre-empt another's node with
+  a forged submission.
+
+Time: every delay of the simulator (one unit = the mean message latency)
+is ``time_scale`` seconds here (``--time-scale``); that covers the
+submission deadline, the report deadline and PBFT's timers.
+
+Bad input: a message that does not decode, is for another round, comes
+from the wrong sender or does not verify is dropped, counted by reason in
+``stats`` (written to ``node-stats.json``), and the node keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pot_jax.attacks import AttackContext
+from pot_jax.attacks.workers import ATTACKS
+from pot_jax.consensus.pbft import (
+    Deliver,
+    Replica,
+    ReplicaConfig,
+    Submit,
+    TimerExpired,
+    durable_state,
+    initial_state,
+    recover,
+    step,
+)
+from pot_jax.consensus.verifier import Verifier
+from pot_jax.crypto.quorum import aggregate_votes, sign_vote, verify_qc
+from pot_jax.deploy import wire
+from pot_jax.deploy.context import RunContext, header_bytes
+from pot_jax.deploy.store import VoteLog
+from pot_jax.learning.encoding import decode_pytree, encode_pytree, flat_digest, pytree_digest
+from pot_jax.network import byzantine
+from pot_jax.protocol import behaviours  # noqa: F401  (registers the role behaviours)
+from pot_jax.protocol.genesis import Closing, encode_closing_record
+from pot_jax.protocol.keys import report_key
+from pot_jax.protocol.ledger import encode_entries
+from pot_jax.protocol.messages import (
+    MessageError,
+    ReportMessage,
+    decode_proposal,
+    decode_submission,
+    encode_submission,
+)
+from pot_jax.protocol.records import RecordError, RoundRecord
+from pot_jax.protocol.roles import (
+    Committed,
+    ProposeDue,
+    ReportDue,
+    RoundTask,
+    TrainingNode,
+    Validator,
+    attack_knowledge,
+    own_knowledge_context,
+    supersedes,
+    worker_program,
+)
+from pot_jax.protocol.round import Fault, InputsError, advance
+from pot_jax.protocol.transcript import (
+    TRANSCRIPT_NAME,
+    RecordKind,
+    TranscriptWriter,
+    encode_fraud_record,
+    encode_qc_record,
+)
+from pot_jax.runinfo import JsonLines, write_json
+from pot_jax.verification.checks import Category
+
+__all__ = ["Endpoints", "NodeError", "ValidatorNode", "WorkerHost"]
+
+log = logging.getLogger(__name__)
+STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker trains on is
+MODEL_RETRY = 4.0  # network delays before a worker host asks another announcer for the model
+
+
+class NodeError(ValueError):
+    """A node that cannot start (keys, peers, config), with what is wrong."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Who is where: every validator's address and every worker host's address and nodes.
+
+    The peers file is JSON: ``{"validators": ["host:port", ...], "worker_hosts":
+    [{"address": "host:port", "nodes": [0, 1, ...]}, ...]}``. Endpoint ids are
+    ``validator/i`` and ``workers/k``.
+    """
+
+    validators: tuple[str, ...]
+    worker_hosts: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, n_validators: int, n_workers: int) -> Endpoints:
+        try:
+            raw = json.loads(Path(path).read_text())
+            validators = tuple(str(a) for a in raw["validators"])
+            hosts = tuple(
+                (str(h["address"]), tuple(int(w) for w in h["nodes"])) for h in raw["worker_hosts"]
+            )
+        except OSError as err:
+            raise NodeError(f"--peers {path}: cannot read it ({err.strerror})") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise NodeError(f"--peers {path}: not a peers file ({err!r})") from None
+        if len(validators) != n_validators:
+            raise NodeError(
+                f"--peers {path}: {len(validators)} validators, the genesis has {n_validators}"
+            )
+        nodes = [w for _, ws in hosts for w in ws]
+        if sorted(nodes) != list(range(n_workers)):
+            raise NodeError(
+                f"--peers {path}: the worker hosts must host each of the {n_workers} training "
+                "nodes exactly once"
+            )
+        return cls(validators, hosts)
+
+    def to_json(self) -> dict:
+        return {
+            "validators": list(self.validators),
+            "worker_hosts": [{"address": a, "nodes": list(ws)} for a, ws in self.worker_hosts],
+        }
+
+    def host_of(self) -> dict[int, int]:
+        return {w: k for k, (_, ws) in enumerate(self.worker_hosts) for w in ws}
+
+    def peers_of(self, me: str) -> dict[str, str]:
+        """The endpoints ``me`` sends to: validators reach everyone, hosts reach validators."""
+        out = {f"validator/{i}": a for i, a in enumerate(self.validators)}
+        if me.startswith("validator/"):
+            out.update({f"workers/{k}": a for k, (a, _) in enumerate(self.worker_hosts)})
+        out.pop(me, None)
+        return out
+
+
+def _hello_verifier(ctx: RunContext, endpoints: Endpoints):
+    """verify(peer_id, message, signature): validators sign with their report key, a worker
+    host with the key of the first training node it hosts."""
+    report_scheme = ctx.rules.report_scheme
+    signatures = ctx.rules.signatures
+
+    def verify(peer: str, message: bytes, signature: bytes) -> bool:
+        role, _, index = peer.partition("/")
+        if not index.isdigit():
+            return False
+        i = int(index)
+        if role == "validator" and i < len(ctx.report_keys):
+            return report_scheme.verify(ctx.report_keys[i], message, signature)
+        if role == "workers" and i < len(endpoints.worker_hosts):
+            first = endpoints.worker_hosts[i][1][0]
+            return signatures.verify(ctx.worker_keys[first], message, signature)
+        return False
+
+    return verify
+
+
+class _Base:
+    """What both node kinds share: the transport, counters, timers in scaled time."""
+
+    def __init__(self, ctx: RunContext, me: str, endpoints: Endpoints, data_dir, time_scale):
+        self.ctx, self.me, self.endpoints = ctx, me, endpoints
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.scale = float(time_scale)
+        self.stats: collections.Counter = collections.Counter()
+        self.transport = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done = asyncio.Event()
+
+    def later(self, delays: float, callback, *args):
+        return self.loop.call_later(delays * self.scale, self._guarded, callback, *args)
+
+    def _guarded(self, callback, *args):
+        try:
+            callback(*args)
+        except Exception:  # a bug in one handler must not stop the node; it is logged
+            log.exception("%s: handler %s failed", self.me, getattr(callback, "__name__", callback))
+            self.stats["handler error"] += 1
+
+    def drop(self, reason: str) -> None:
+        self.stats[f"dropped: {reason}"] += 1
+
+    def on_message(self, sender: str, data: bytes) -> None:
+        try:
+            kind, body = wire.decode(data)
+        except wire.WireError as err:
+            self.drop(f"malformed envelope ({err})")
+            return
+        self.stats[f"received: {wire.KIND_NAMES[kind]}"] += 1
+        try:
+            self.handle(sender, kind, body)
+        except (wire.WireError, MessageError, RecordError) as err:
+            self.drop(f"malformed {wire.KIND_NAMES[kind]} ({err})")
+
+    def write_stats(self) -> None:
+        stats = dict(self.stats)
+        if self.transport is not None:
+            stats["transport"] = {
+                k: (dict(v) if isinstance(v, collections.Counter) else v)
+                for k, v in dataclasses.asdict(self.transport.stats).items()
+            }
+        write_json(self.data_dir / "node-stats.json", stats)
+
+    async def serve(self, transport_factory, start_file: str | None = None) -> None:
+        """Start the transport, warm up, wait for ``start_file`` (if any), run until done."""
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport_factory(self.on_message)
+        await self.transport.start()
+        self.warm_up()
+        (self.data_dir / "ready").write_text(str(os.getpid()))
+        while start_file is not None and not Path(start_file).exists():
+            await asyncio.sleep(0.05)
+        self.begin()
+        try:
+            await self.done.wait()
+        finally:
+            self.write_stats()
+            await self.transport.stop()
+
+
+class ValidatorNode(_Base):
+    """One validator process: verification role, aggregation server and PBFT replica."""
+
+    def __init__(
+        self, ctx, index, secret_key, endpoints, data_dir, *, time_scale=0.25, linger=None
+    ):
+        super().__init__(ctx, f"validator/{index}", endpoints, data_dir, time_scale)
+        config = ctx.config
+        self.index, self.sk = index, secret_key
+        self.report_sk, report_pk = report_key(secret_key)
+        if report_pk != ctx.report_keys[index]:
+            raise NodeError(f"this key is not validator {index}'s (its report key differs)")
+        self.n, self.W = config.validators, config.workers
+        self.host_of = endpoints.host_of()
+        bad = index in config.byzantine_validator_ids
+        strategy = byzantine.build_strategy(config.validator_strategy) if bad else None
+        self.silent = bad and strategy.name == "silent"
+        if bad and not self.silent and not _only_role(strategy):
+            raise NodeError(
+                f"validator strategy {config.validator_strategy!r} rewrites PBFT messages; the "
+                "deployment runtime runs 'silent' and the role behaviours (protocol.behaviours) "
+                "only: run it in the simulator (pot-jax train)"
+            )
+        roles = strategy.role if bad else ()
+        self.validator = Validator(
+            index,
+            secret_key,
+            self.report_sk,
+            ctx.rules,
+            behaviours=roles,
+            memo={},
+            faulty=bad,
+            fetch=self._fetched,
+        )
+        # Gradients of accepted workers this validator did not receive in time, fetched from
+        # peers: round -> worker -> gradient; the workers a derivation missed; the consensus
+        # messages it could not validate for want of them, delivered again once they arrive.
+        self.fetched: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
+        self.missing: set[int] = set()
+        self.stashed: collections.deque = collections.deque(maxlen=16)
+        self.pending_commit = None
+        self.current_pbft = None
+        votes_anything = any(b.votes_anything for b in roles)
+        rc = ReplicaConfig(
+            chain_id=ctx.chain_id,
+            validators=ctx.validator_set,
+            pattern=config.pattern,
+            max_value_bytes=1 << 22,
+            validate=(lambda value: True) if votes_anything else self._validate,
+            supersedes=supersedes,
+        )
+        self.replica = Replica(rc, index, secret_key, Verifier(ctx.validator_set))
+        self.votelog = VoteLog(self.data_dir / "votes.json")
+        self.linger = linger
+        self.pstate = None
+        self.state = ctx.state0
+        self.evidence: list = []
+        self.future: dict[int, list] = collections.defaultdict(list)
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.reported = self.proposing = False
+        self.round_started = 0.0
+        self.stale = collections.deque(maxlen=STALE_ROUNDS)
+        self.closing_votes: dict[int, bytes] = {}
+        self.closed = False
+        self.writer: TranscriptWriter | None = None
+        self.metrics: JsonLines | None = None
+        self.tally = {
+            "rejections": collections.Counter(),
+            "fraud_proofs": 0,
+            "false_fraud_proofs": 0,
+            "max_view": 0,
+            "slashed": {},
+        }
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Compile the recomputation and the aggregate before round 0 starts."""
+        ctx = self.ctx
+        x, y = ctx.batches(0, 0)
+        ctx.learner.worker_gradient(ctx.state0.params, x, y)
+
+    def begin(self) -> None:
+        if self.silent:
+            return  # a crashed-like Byzantine validator: it takes part in nothing
+        run_files = self.data_dir / TRANSCRIPT_NAME
+        if run_files.exists():
+            raise NodeError(
+                f"{run_files} exists: this data directory holds a validator's transcript; "
+                "restarting a validator from it is not supported yet, use a fresh --data-dir"
+            )
+        write_json(self.data_dir / "config.json", self.ctx.header)
+        self.writer = TranscriptWriter(run_files)
+        self.writer.append(RecordKind.HEADER, header_bytes(self.ctx.header))
+        self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+        self.metrics = JsonLines(self.data_dir / "metrics.jsonl")
+        durable = self.votelog.load()
+        if durable is None:
+            self.pstate = initial_state(self.replica)
+        else:
+            self._apply(recover(self.replica, durable))
+        self.run_started = time.perf_counter()
+        self.enter_round(self.state)
+
+    # -- rounds --------------------------------------------------------------------------------
+
+    def enter_round(self, state) -> None:
+        self.state = state
+        self.validator.step(Committed(state)) if self.validator.state else self.validator.start(
+            state
+        )
+        self.reported = self.proposing = False
+        self.round_started = time.perf_counter()
+        r = state.round
+        if r == self.ctx.config.rounds:
+            self.announce(r, state.params_hash)
+            self.close_run()
+            return
+        self.announce(r, state.params_hash)
+        self._set_timer("report", self.ctx.config.submission_deadline, self.report)
+        for sender, kind, body in self.future.pop(r, ()):
+            self.handle(sender, kind, body)
+        self._redeliver()
+
+    def announce(self, r: int, params_hash: bytes) -> None:
+        a = wire.Announce(r, params_hash, self.index)
+        message = a.signing_message(self.ctx.chain_id, self.ctx.genesis_hash)
+        signed = dataclasses.replace(
+            a, signature=self.ctx.rules.report_scheme.sign(self.report_sk, message)
+        )
+        data = wire.encode_announce(signed)
+        for k in range(len(self.endpoints.worker_hosts)):
+            self.transport.send(f"workers/{k}", data)
+
+    def _set_timer(self, name, delays, callback) -> None:
+        old = self.timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self.timers[name] = self.later(delays, callback)
+
+    def report(self) -> None:
+        if self.reported or self.closed:
+            return
+        self.reported = True
+        for message in self.validator.step(ReportDue()):
+            data = wire.encode(wire.REPORT, message.encode())
+            for j in range(self.n):
+                if j != self.index:
+                    self.transport.send(f"validator/{j}", data)
+        self._set_timer("propose", 2.0, self.propose)  # one network delta, as the runner
+        self._maybe_propose_early()
+
+    def propose(self) -> None:
+        if self.validator.proposed or self.closed:
+            return
+        outs = self.validator.step(ProposeDue(tuple(self.evidence)))
+        for out in outs:
+            self._apply(step(self.replica, self.pstate, Submit(out.value)))
+        if not self.validator.proposed:
+            self._set_timer("propose", 2.0, self.propose)  # too few reports yet: try again
+
+    def _maybe_propose_early(self) -> None:
+        if self.reported and len(self.validator.reports) == self.n:
+            self.propose()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def handle(self, sender: str, kind: int, body: bytes) -> None:
+        if self.silent or self.pstate is None:
+            self.drop("not running")
+            return
+        if kind == wire.PBFT:
+            src = _validator_index(sender)
+            if src is None:
+                self.drop("consensus message from a non-validator")
+                return
+            self.current_pbft = (src, body)
+            try:
+                self._apply(step(self.replica, self.pstate, Deliver(src, body)))
+            finally:
+                self.current_pbft = None
+            self._fetch_missing()
+        elif kind == wire.GRADIENT_REQUEST:
+            self._gradient_request(sender, body)
+        elif kind == wire.GRADIENT:
+            self._gradient(sender, body)
+        elif kind == wire.SUBMISSION:
+            self._submission(sender, body)
+        elif kind == wire.REPORT:
+            self._report(sender, body)
+        elif kind == wire.CLOSING_VOTE:
+            self._closing_vote(sender, body)
+        elif kind == wire.MODEL_REQUEST:
+            self._model_request(sender, body)
+        else:
+            self.drop(f"{wire.KIND_NAMES[kind]} is not for a validator")
+
+    def _defer(self, r: int, sender, kind, body) -> bool:
+        """Keep a message of the next round (a faster peer); True when it was handled so."""
+        if r == self.state.round + 1 and len(self.future[r]) < self.W + 4 * self.n:
+            self.future[r].append((sender, kind, body))
+            return True
+        return False
+
+    def _submission(self, sender: str, body: bytes) -> None:
+        r, payload = wire.split_round(body, "submission")
+        sub = decode_submission(payload)
+        if not isinstance(sub.worker, int) or not 0 <= sub.worker < self.W:
+            self.drop("submission of an unregistered worker")
+            return
+        if sender != f"workers/{self.host_of[sub.worker]}":
+            self.drop("submission for a node another host runs")
+            return
+        if r != self.state.round:
+            if not self._defer(r, sender, wire.SUBMISSION, body):
+                self.drop("submission for another round")
+            return
+        if self.reported:
+            self.drop("submission after the deadline")
+            return
+        self.validator.step(sub)
+        expected = self.W - len(self.state.banned)
+        if len(self.validator.submissions) >= expected:
+            self.report()  # everyone who may submit did: no need to wait for the deadline
+
+    def _report(self, sender: str, body: bytes) -> None:
+        message = ReportMessage.decode(body)
+        rep = message.report
+        if sender != f"validator/{rep.validator}":
+            self.drop("report relayed by another validator")
+            return
+        if rep.round != self.state.round:
+            if not self._defer(rep.round, sender, wire.REPORT, body):
+                self.drop("report for another round")
+            return
+        self.validator.step(message)
+        self._maybe_propose_early()
+        if self.stashed:
+            self._redeliver()
+
+    def _model_request(self, sender: str, body: bytes) -> None:
+        r, params_hash = wire.split_round(body, "model request")
+        if r != self.state.round or params_hash != self.state.params_hash:
+            self.drop("model request for a model this validator does not hold")
+            return
+        params = encode_pytree(self.state.params, self.ctx.learner.spec)
+        self.transport.send(sender, wire.encode_model(r, params_hash, params))
+
+    # -- gradients a validator missed --------------------------------------------------------
+
+    def _fetched(self, worker: int):
+        """``Validator``'s fetch hook: a gradient fetched from a peer, or None (then asked for)."""
+        g = self.fetched[self.state.round].get(worker)
+        if g is None:
+            self.missing.add(worker)
+        return g
+
+    def _validate(self, value: bytes) -> bool:
+        """The replica's application check; a proposal it cannot accept *yet* (for the next
+        round, or short of a gradient or a report) is kept and delivered again later."""
+        ok = self.validator.validate(value)
+        if not ok and self.current_pbft is not None and self.current_pbft not in self.stashed:
+            self.stashed.append(self.current_pbft)
+        return ok
+
+    def _redeliver(self) -> None:
+        """Deliver the kept consensus messages again (something they waited for arrived)."""
+        while self.stashed:
+            src, data = self.stashed.popleft()
+            self.current_pbft = (src, data)
+            try:
+                self._apply(step(self.replica, self.pstate, Deliver(src, data)))
+            finally:
+                self.current_pbft = None
+            if (src, data) in self.stashed:
+                break  # still not acceptable: the rest stays kept too
+
+    def _fetch_missing(self) -> None:
+        if not self.missing:
+            return
+        r = self.state.round
+        for w in sorted(self.missing):
+            request = wire.encode(wire.GRADIENT_REQUEST, wire.round_body(r, struct.pack(">I", w)))
+            for j in range(self.n):
+                if j != self.index:
+                    self.transport.send(f"validator/{j}", request)
+        self.stats["gradient requests"] += len(self.missing)
+        self.missing.clear()
+
+    def _gradient_request(self, sender: str, body: bytes) -> None:
+        r, payload = wire.split_round(body, "gradient request")
+        if _validator_index(sender) is None or len(payload) != 4:
+            self.drop("gradient request from a non-validator or malformed")
+            return
+        w = struct.unpack(">I", payload)[0]
+        sub = self.validator.submissions.get(w) if r == self.state.round else None
+        if sub is None:
+            self.drop("gradient request for a submission this validator does not hold")
+            return
+        self.transport.send(
+            sender, wire.encode(wire.GRADIENT, wire.round_body(r, encode_submission(sub)))
+        )
+
+    def _gradient(self, sender: str, body: bytes) -> None:
+        r, payload = wire.split_round(body, "gradient")
+        sub = decode_submission(payload)
+        if r != self.state.round or _validator_index(sender) is None:
+            self.drop("gradient for another round or from a non-validator")
+            return
+        if sub.worker in self.fetched[r] or sub.worker in self.validator.submissions:
+            return
+        # Keep it only if it hashes to a commitment a signed report saw for this worker.
+        digest = flat_digest(self.ctx.learner.header, np.asarray(sub.gradient, np.float32))
+        seen = {
+            c.commitment
+            for m in self.validator.reports.values()
+            for c in m.report.checks
+            if c.worker == sub.worker
+        }
+        if digest not in seen:
+            self.drop("fetched gradient that matches no reported commitment")
+            return
+        self.fetched[r][sub.worker] = sub.gradient
+        self.stats["gradients fetched"] += 1
+        self.validator.memo.clear()  # its answers assumed the gradient was missing
+        self._redeliver()
+        if self.pending_commit is not None:
+            decision, self.pending_commit = self.pending_commit, None
+            self._decided(decision)
+        self._fetch_missing()
+
+    # -- PBFT ----------------------------------------------------------------------------------
+
+    def _apply(self, result) -> None:
+        old = self.pstate
+        self.pstate = result.state
+        if old is None or _durable_changed(old, result.state):
+            self.votelog.save(durable_state(result.state))  # durable before anything is sent
+        for drop in result.drops:
+            self.drop(f"pbft: {drop.reason}")
+        self.evidence.extend(result.evidence)
+        for s in result.sends:
+            data = wire.encode(wire.PBFT, s.data)
+            targets = range(self.n) if s.dest is None else (s.dest,)
+            for j in targets:
+                if j != self.index:
+                    self.transport.send(f"validator/{j}", data)
+        for t in result.timers:
+            self.later(t.delay, self._timer, t.name, t.token)
+        for d in result.decisions:
+            self._decided(d)
+
+    def _timer(self, name: str, token: int) -> None:
+        self._apply(step(self.replica, self.pstate, TimerExpired(name, token)))
+
+    def _decided(self, decision) -> None:
+        if decision.value is None:
+            return  # a null request fills a sequence after a view change
+        record_bytes, _ = decode_proposal(decision.value)
+        record = RoundRecord.decode(record_bytes)
+        if record.round != self.state.round:
+            self.stats["decision for another round"] += 1
+            log.warning("%s: decided round %d in round %d", self.me, record.round, self.state.round)
+            return
+        self._commit(decision)
+
+    def _commit(self, decision) -> None:
+        state, writer, config = self.state, self.writer, self.ctx.config
+        try:
+            outcome, inputs, proofs = self.validator.outcome_of(decision.value)
+        except InputsError:
+            # Committed by a quorum, but this validator lacks an accepted gradient: fetch it
+            # from the peers, then commit.
+            self.pending_commit = decision
+            self._fetch_missing()
+            return
+        record, j = outcome.record, outcome.judgement
+        cert = self.pstate.ledger[decision.seq]
+        qc = (
+            cert.qc
+            if cert.qc is not None
+            else aggregate_votes(self.ctx.validator_set, dict(cert.votes))
+        )
+        writer.append(RecordKind.ROUND, record.encode(), sync=False)
+        writer.append(RecordKind.QC, encode_qc_record(cert.view, decision.seq, qc), sync=False)
+        writer.append(RecordKind.INPUTS, inputs.encode(), sync=False)
+        if j.cited:
+            writer.append_checkpoint(self._checkpoint_bytes(state))
+        for prover, digest in j.cited:
+            writer.append(
+                RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]), sync=False
+            )
+        writer.append(RecordKind.LEDGER, encode_entries(outcome.entries))
+        self.stale.append(state.params)
+        new_state = advance(state, outcome, qc.signer_indices())
+        r = state.round
+        if (r + 1) % config.checkpoint_every == 0:
+            writer.append_checkpoint(self._checkpoint_bytes(new_state))
+        by_category = collections.Counter(
+            x.category for x in record.rejected if x.category != Category.SLASHED.value
+        )
+        valid = len(j.rewards.fraud_proofs)
+        false = sum(1 for x in j.slashed if x.fault == Fault.FALSE_PROOF.value)
+        tally = self.tally
+        tally["rejections"].update(by_category)
+        tally["fraud_proofs"] += valid
+        tally["false_fraud_proofs"] += false
+        tally["max_view"] = max(tally["max_view"], cert.view)
+        for x in j.slashed:
+            tally["slashed"].setdefault(str(x.validator), []).append(x.fault)
+        row = {
+            "round": r + 1,
+            "params_hash": new_state.params_hash.hex(),
+            "accepted": len(record.accepted),
+            "rejected": sum(by_category.values()),
+            "rejected_by_category": dict(sorted(by_category.items())),
+            "fraud_proofs": valid,
+            "false_fraud_proofs": false,
+            "slashed_validators": [[x.validator, x.fault] for x in j.slashed],
+            "caught": len(new_state.banned),
+            "view": cert.view,
+            "seq": decision.seq,
+            "round_wall_seconds": time.perf_counter() - self.round_started,
+            "wall_seconds": time.perf_counter() - self.run_started,
+        }
+        if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+            data = self.ctx.data
+            row["pot_test_accuracy"] = float(
+                self.ctx.learner.accuracy(new_state.params, data.x_test, data.y_test)
+            )
+        self.metrics.write(row)
+        self.stats["rounds committed"] += 1
+        self.enter_round(new_state)
+
+    # -- the end of the run --------------------------------------------------------------------
+
+    def _closing(self) -> Closing:
+        return Closing(
+            chain_id=self.ctx.chain_id,
+            genesis=self.ctx.genesis_hash,
+            rounds=self.state.round,
+            final_params_hash=self.state.params_hash,
+            ledger_digest=self.state.ledger.ledger_digest(),
+        )
+
+    def close_run(self) -> None:
+        signature = sign_vote(self.sk, self._closing().vote_message())
+        self.closing_votes[self.index] = signature
+        data = wire.encode_closing_vote(self.index, signature)
+        for j in range(self.n):
+            if j != self.index:
+                self.transport.send(f"validator/{j}", data)
+        self._maybe_close()
+
+    def _closing_vote(self, sender: str, body: bytes) -> None:
+        validator, signature = wire.decode_closing_vote(body)
+        if sender != f"validator/{validator}":
+            self.drop("closing vote relayed by another validator")
+            return
+        self.closing_votes.setdefault(validator, signature)
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.closed or self.state.round != self.ctx.config.rounds:
+            return
+        if len(self.closing_votes) < self.ctx.validator_set.quorum:
+            return
+        closing = self._closing()
+        message = closing.vote_message()
+        votes = dict(self.closing_votes)
+        qc = aggregate_votes(self.ctx.validator_set, votes)
+        if not verify_qc(self.ctx.validator_set, message, qc):
+            # Some vote is for another statement or forged: keep only those that verify.
+            scheme_ok = {
+                i: s for i, s in votes.items() if _vote_ok(self.ctx.validator_set, i, message, s)
+            }
+            self.stats["dropped: closing vote that does not verify"] += len(votes) - len(scheme_ok)
+            self.closing_votes = scheme_ok
+            if len(scheme_ok) < self.ctx.validator_set.quorum:
+                return
+            qc = aggregate_votes(self.ctx.validator_set, scheme_ok)
+        config = self.ctx.config
+        if config.rounds % config.checkpoint_every:
+            self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+        self.writer.append(RecordKind.CLOSING, encode_closing_record(closing, qc))
+        self.writer.close()
+        self.metrics.close()
+        self.closed = True
+        write_json(self.data_dir / "closed.json", self.summary())
+        self.write_stats()
+        if self.linger is not None:
+            self.later(self.linger / self.scale, self.done.set)
+
+    def summary(self) -> dict:
+        """What this validator's transcript says, in the simulator's summary fields."""
+        ctx, state, tally = self.ctx, self.state, self.tally
+        ledger, config = state.ledger, ctx.config
+        data = ctx.data
+        caught = sorted(state.banned)
+        return {
+            "rounds_committed": state.round,
+            "final_params_hash": state.params_hash.hex(),
+            "pot_accuracy": float(ctx.learner.accuracy(state.params, data.x_test, data.y_test)),
+            "cheaters_caught": caught,
+            "fraud_proofs": tally["fraud_proofs"],
+            "false_fraud_proofs": tally["false_fraud_proofs"],
+            "rejected_gradients": sum(tally["rejections"].values()),
+            "rejections_by_category": dict(sorted(tally["rejections"].items())),
+            "slashed_validators": dict(sorted(tally["slashed"].items(), key=lambda kv: int(kv[0]))),
+            "honest_workers_slashed": len(set(caught) - set(ctx.byzantine_workers)),
+            "byzantine_workers": sorted(ctx.byzantine_workers),
+            "max_view": tally["max_view"],
+            "ledger_emitted": ledger.total_emitted,
+            "ledger_burned": ledger.total_burned,
+            "worker_rewards": sum(ledger.balance(f"worker:{i}") for i in range(config.workers)),
+            "validator_rewards": sum(
+                ledger.balance(f"validator:{i}") for i in range(config.validators)
+            ),
+            "seed": config.seed,
+            "genesis": ctx.genesis_hash.hex(),
+            "key_source": str(ctx.genesis.get("key_source", "")),
+            "wall_seconds": time.perf_counter() - self.run_started,
+        }
+
+    def _checkpoint_bytes(self, state) -> bytes:
+        return encode_pytree({"opt_state": state.opt_state, "params": state.params})
+
+
+def _vote_ok(validator_set, i, message, signature) -> bool:
+    try:
+        qc = aggregate_votes(validator_set, {i: signature})
+    except Exception:  # not a signature point at all
+        return False
+    return verify_qc(validator_set, message, qc, quorum=1)
+
+
+def _only_role(strategy) -> bool:
+    """Whether a Byzantine strategy changes only what its roles do, not PBFT messages."""
+    honest = byzantine.Strategy()
+    return (
+        strategy.outgoing is honest.outgoing
+        and strategy.incoming is honest.incoming
+        and strategy.act is honest.act
+    )
+
+
+def _durable_changed(old, new) -> bool:
+    from pot_jax.consensus.pbft.state import DURABLE_FIELDS
+
+    return any(getattr(old, f) is not getattr(new, f) for f in DURABLE_FIELDS)
+
+
+def _validator_index(sender: str) -> int | None:
+    role, _, index = sender.partition("/")
+    return int(index) if role == "validator" and index.isdigit() else None
+
+
+class WorkerHost(_Base):
+    """A process hosting training nodes: each has its own key and signs its own submissions."""
+
+    def __init__(self, ctx, host_index, node_keys, endpoints, data_dir, *, time_scale=0.25):
+        super().__init__(ctx, f"workers/{host_index}", endpoints, data_dir, time_scale)
+        config = ctx.config
+        self.host_index = host_index
+        hosted = endpoints.worker_hosts[host_index][1]
+        if sorted(node_keys) != sorted(hosted):
+            raise NodeError(
+                f"worker host {host_index} runs nodes {list(hosted)} (peers file) but has keys for "
+                f"{sorted(node_keys)}"
+            )
+        signatures = ctx.rules.signatures
+        attack = None
+        if ctx.byzantine_workers:
+            attack = ATTACKS.build(config.attack, flag="--attack")
+        self.nodes = {}
+        for w, seed in sorted(node_keys.items()):
+            sk, pk = signatures.keygen(seed)
+            if pk != ctx.worker_keys[w]:
+                raise NodeError(
+                    f"the key given for training node {w} is not the one the genesis registers"
+                )
+            self.nodes[w] = TrainingNode(
+                w, sk, pk, signatures, attack if w in ctx.byzantine_workers else None
+            )
+        self.announced: dict[tuple[int, bytes], set[int]] = collections.defaultdict(set)
+        self.trained_round = -1
+        self.wanted: tuple[int, bytes] | None = None
+        self.asked: list[int] = []
+        self.models: dict[bytes, object] = {ctx.state0.params_hash: ctx.state0.params}
+        self.stale = collections.deque(maxlen=STALE_ROUNDS)
+        self.f = (config.validators - 1) // 3
+
+    def warm_up(self) -> None:
+        ctx = self.ctx
+        w = next(iter(self.nodes))
+        x, y = ctx.batches(0, w)
+        ctx.learner.worker_gradient(ctx.state0.params, x, y)
+
+    def begin(self) -> None:
+        pass  # a worker host waits for the validators' announcements
+
+    def handle(self, sender: str, kind: int, body: bytes) -> None:
+        if kind == wire.ANNOUNCE:
+            self._announce(sender, body)
+        elif kind == wire.MODEL:
+            self._model(sender, body)
+        else:
+            self.drop(f"{wire.KIND_NAMES[kind]} is not for a worker host")
+
+    def _announce(self, sender: str, body: bytes) -> None:
+        a = wire.decode_announce(body)
+        if sender != f"validator/{a.validator}" or a.validator >= len(self.ctx.report_keys):
+            self.drop("announce from another validator than its signer")
+            return
+        message = a.signing_message(self.ctx.chain_id, self.ctx.genesis_hash)
+        if not self.ctx.rules.report_scheme.verify(
+            self.ctx.report_keys[a.validator], message, a.signature
+        ):
+            self.drop("announce with a bad signature")
+            return
+        if a.round <= self.trained_round:
+            return
+        key = (a.round, a.params_hash)
+        self.announced[key].add(a.validator)
+        if len(self.announced[key]) < self.f + 1:
+            return
+        if a.round >= self.ctx.config.rounds:
+            self.done.set()  # f + 1 validators say the run is over
+            return
+        if a.params_hash in self.models:
+            self.train(a.round, self.models[a.params_hash])
+        elif self.wanted != key:
+            self.wanted, self.asked = key, []
+            self._ask()
+
+    def _ask(self) -> None:
+        """Ask the next announcer of the wanted model for its bytes."""
+        if self.wanted is None:
+            return
+        r, params_hash = self.wanted
+        if r <= self.trained_round:
+            return
+        candidates = [v for v in sorted(self.announced[self.wanted]) if v not in self.asked]
+        if not candidates:
+            self.asked = []
+            candidates = sorted(self.announced[self.wanted])
+        v = candidates[0]
+        self.asked.append(v)
+        request = wire.encode(wire.MODEL_REQUEST, wire.round_body(r, params_hash))
+        self.transport.send(f"validator/{v}", request)
+        self.later(MODEL_RETRY, self._ask)
+
+    def _model(self, sender: str, body: bytes) -> None:
+        r, params_hash, data = wire.decode_model(body)
+        if self.wanted != (r, params_hash):
+            self.drop("model nobody asked for")
+            return
+        like = self.ctx.state0.params
+        try:
+            params = decode_pytree(data, like)
+        except (ValueError, TypeError) as err:
+            self.drop(f"model bytes that do not decode ({err})")
+            return
+        if pytree_digest(params, self.ctx.learner.spec) != params_hash:
+            self.drop("model bytes that do not hash to the announced hash")
+            return
+        self.models = {params_hash: params}
+        self.train(r, params)
+
+    def train(self, r: int, params) -> None:
+        """Every hosted node's signed submission for round r, sent to every validator."""
+        ctx, config = self.ctx, self.ctx.config
+        self.trained_round, self.wanted = r, None
+        W = config.workers
+        batch_of = ctx.batches.of_round(r)
+        ids = sorted(self.nodes)
+        colluding = any(
+            n.attack is not None and attack_knowledge(n.attack) == "colluding"
+            for n in self.nodes.values()
+        )
+        # Honest gradients are public functions of public data: a colluding attacker
+        # computes everyone's (the genesis names that channel); others need only their own.
+        active = list(range(W)) if colluding else ids
+        honest = worker_program(ctx.learner, params, batch_of, W, active, config.mode)
+        task = RoundTask(r, params, ctx.chain_id)
+        shared = AttackContext(
+            learner=ctx.learner,
+            params=params,
+            batch_of=batch_of,
+            grads_WxP=honest,
+            round=r,
+            byzantine=ctx.byzantine_workers,
+            stale_params=self.stale[0] if len(self.stale) == STALE_ROUNDS else None,
+            num_classes=ctx.data.num_classes,
+            n_validators=config.validators,
+            chain_id=ctx.chain_id,
+        )
+        nan_rows = None
+        for w in ids:
+            node, actx = self.nodes[w], None
+            if node.attack is not None:
+                actx = shared
+                if ctx.collusion == "none":
+                    nan_rows = np.full_like(honest, np.nan) if nan_rows is None else nan_rows
+                    actx = own_knowledge_context(shared, w, honest, nan_rows)
+            rng = np.random.default_rng([config.seed, r, w])
+            sub = node.step(task, ctx.learner.header, honest[w], actx, rng)
+            if nan_rows is not None:
+                nan_rows[w] = np.nan
+            data = wire.encode(wire.SUBMISSION, wire.round_body(r, encode_submission(sub)))
+            for v in range(config.validators):
+                self.transport.send(f"validator/{v}", data)
+        self.stale.append(params)
+        self.stats["rounds trained"] += 1
