@@ -129,7 +129,7 @@ VARIANTS = {
         {"threshold": DRIFT_THRESHOLD},
         {"threshold": DRIFT_THRESHOLD, "direction": "random"},
     ],
-    # Blind and always attacking here; tests/attacks/test_sampling.py covers the rest.
+    # Blind and always attacking here; tests/attacks/test_sample_aware.py covers the rest.
     "sample_aware": [{"inner": "sign_flip", "p": 1.0}, {"inner": "alie", "p": 1.0}],
 }
 OWN = {

@@ -5,7 +5,7 @@ sampled attacking round is caught and the worker banned; the oracle attacks
 exactly where no honest validator samples it; a canary that attacks exactly
 where it is sampled is caught at once. Then ``measure_sample_aware`` on the
 ``tiny`` preset and its command line. The oracle's prediction itself is
-checked against the real protocol in tests/attacks/test_sampling.py.
+checked against the real protocol in tests/attacks/test_sample_aware.py.
 """
 
 import dataclasses
