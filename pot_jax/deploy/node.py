@@ -477,8 +477,8 @@ class ValidatorNode(_Base):
             self.drop("submission after the deadline")
             return
         self.validator.step(sub)
-        expected = self.W - len(self.state.banned)
-        if len(self.validator.submissions) >= expected:
+        held = self.validator.submissions
+        if all(w in held for w in range(self.W) if w not in self.state.banned):
             self.report()  # everyone who may submit did: no need to wait for the deadline
 
     def _report(self, sender: str, body: bytes) -> None:
