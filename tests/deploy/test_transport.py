@@ -65,15 +65,8 @@ class Node:
     def __init__(self, keys: Keys, me: str, listen: str = ANY_PORT, **kwargs) -> None:
         self.inbox: list[tuple[str, bytes]] = []
         kwargs.setdefault("verify", keys.verify)
-        self.transport = Transport(
-            me,
-            listen,
-            {},
-            chain_id=CHAIN,
-            sign=keys.sign_as(me),
-            on_message=lambda sender, data: self.inbox.append((sender, data)),
-            **kwargs,
-        )
+        kwargs.setdefault("on_message", lambda sender, data: self.inbox.append((sender, data)))
+        self.transport = Transport(me, listen, {}, chain_id=CHAIN, sign=keys.sign_as(me), **kwargs)
 
     def messages_from(self, sender: str) -> list[bytes]:
         return [data for s, data in self.inbox if s == sender]
@@ -342,9 +335,7 @@ def test_handler_error_is_counted_and_the_stream_goes_on():
                 raise RuntimeError("handler bug")
             seen.append(data)
 
-        a = Node(keys, "worker/0")
-        b = Node(keys, "validator/0")
-        b.transport._on_message = on_message
+        a, b = Node(keys, "worker/0"), Node(keys, "validator/0", on_message=on_message)
         await started(a, b)
         for data in (b"1", b"poison", b"2"):
             a.transport.send("validator/0", data)
