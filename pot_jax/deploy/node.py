@@ -54,6 +54,7 @@ import numpy as np
 from pot_jax.attacks import AttackContext
 from pot_jax.attacks.workers import ATTACKS
 from pot_jax.consensus.pbft import (
+    Decision,
     Deliver,
     Replica,
     ReplicaConfig,
@@ -66,6 +67,7 @@ from pot_jax.consensus.pbft import (
 )
 from pot_jax.consensus.verifier import Verifier
 from pot_jax.crypto.quorum import aggregate_votes, sign_vote, verify_qc
+from pot_jax.crypto.worker_signatures import worker_message
 from pot_jax.deploy import wire
 from pot_jax.deploy.context import RunContext, header_bytes
 from pot_jax.deploy.store import VoteLog
@@ -109,6 +111,7 @@ from pot_jax.verification.checks import Category
 __all__ = ["Endpoints", "NodeError", "ValidatorNode", "WorkerHost"]
 
 log = logging.getLogger(__name__)
+HISTORY_ROUNDS = 64  # rounds of submissions and reports kept for peers that fall behind
 STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker trains on is
 MODEL_RETRY = 4.0  # network delays before a worker host asks another announcer for the model
 
@@ -294,10 +297,17 @@ class ValidatorNode(_Base):
         # peers: round -> worker -> gradient; the workers a derivation missed; the consensus
         # messages it could not validate for want of them, delivered again once they arrive.
         self.fetched: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
+        self.fetched_subs: dict[int, dict] = {}
+        self.requested: dict[int, set[int]] = {}
         self.missing: set[int] = set()
         self.stashed: collections.deque = collections.deque(maxlen=16)
         self.pending_commit = None
         self.current_pbft = None
+        self.queue: collections.deque = collections.deque()  # decisions not yet applied
+        self.app_seq = 0  # the last sequence whose round is in the transcript
+        # What peers that fall behind (a restarted validator) may ask for: each recent
+        # round's submissions and reports.
+        self.history: collections.OrderedDict = collections.OrderedDict()
         votes_anything = any(b.votes_anything for b in roles)
         rc = ReplicaConfig(
             chain_id=ctx.chain_id,
@@ -341,32 +351,91 @@ class ValidatorNode(_Base):
     def begin(self) -> None:
         if self.silent:
             return  # a crashed-like Byzantine validator: it takes part in nothing
-        run_files = self.data_dir / TRANSCRIPT_NAME
-        if run_files.exists():
-            raise NodeError(
-                f"{run_files} exists: this data directory holds a validator's transcript; "
-                "restarting a validator from it is not supported yet, use a fresh --data-dir"
-            )
-        write_json(self.data_dir / "config.json", self.ctx.header)
-        self.writer = TranscriptWriter(run_files)
-        self.writer.append(RecordKind.HEADER, header_bytes(self.ctx.header))
-        self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+        path = self.data_dir / TRANSCRIPT_NAME
+        self.run_started = time.perf_counter()
+        if path.exists():
+            self._restore(path)
+        else:
+            write_json(self.data_dir / "config.json", self.ctx.header)
+            self.writer = TranscriptWriter(path)
+            self.writer.append(RecordKind.HEADER, header_bytes(self.ctx.header))
+            self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
         self.metrics = JsonLines(self.data_dir / "metrics.jsonl")
         durable = self.votelog.load()
-        if durable is None:
-            self.pstate = initial_state(self.replica)
-        else:
-            self._apply(recover(self.replica, durable))
-        self.run_started = time.perf_counter()
+        self.pstate = initial_state(self.replica)
         self.enter_round(self.state)
+        if durable is not None:
+            # Decisions this replica executed before the crash but the transcript lacks
+            # (it died between the two) are applied first, then it recovers from its peers.
+            for seq in sorted(durable.ledger):
+                cert = durable.ledger[seq]
+                if seq > self.app_seq:
+                    self.queue.append(Decision(seq, cert.view, cert.digest, cert.value))
+            self._apply(recover(self.replica, durable))
+            self._drain()
+
+    def _restore(self, path: Path) -> None:
+        """Resume from this validator's own transcript after a crash.
+
+        Its complete rounds are re-executed and checked as the auditor does
+        (``--recompute all``: the state must be exactly what the records say);
+        a round whose records were torn by the crash is cut away and will be
+        committed again from the consensus log or the peers.
+        """
+        from pot_jax.protocol.audit import Auditor, Status
+        from pot_jax.protocol.runner import _kept_metric_rows
+        from pot_jax.protocol.transcript import TranscriptReader, decode_qc_record
+
+        records = list(TranscriptReader(path, allow_torn_tail=True))
+        if not records or records[0].payload != header_bytes(self.ctx.header):
+            raise NodeError(f"{path} is the transcript of another run (its header differs)")
+        ledgers = [i for i, rec in enumerate(records) if rec.kind == RecordKind.LEDGER]
+        cut = records[ledgers[-1]].end if ledgers else records[min(1, len(records) - 1)].end
+        qcs = [
+            rec for rec in records[: (ledgers[-1] if ledgers else 0)] if rec.kind == RecordKind.QC
+        ]
+        self.app_seq = decode_qc_record(qcs[-1].payload)[1] if qcs else 0
+        with open(path, "r+b") as f:  # the records of a round the crash tore are cut away
+            f.truncate(cut)
+            os.fsync(f.fileno())
+        auditor = Auditor(
+            self.data_dir,
+            recompute=1.0,
+            genesis=self.ctx.genesis_hash.hex(),
+            data_dir=self.ctx.config.data_dir,
+        )
+        report = auditor.run()
+        if report.status != Status.UNFINISHED or auditor.state is None:
+            raise NodeError(
+                f"{path}: this validator's own transcript does not re-execute: {report.reason}"
+            )
+        self.state = auditor.state
+        facts = auditor.facts
+        if facts is not None:
+            self.tally["rejections"].update(facts.by_category)
+            self.tally["fraud_proofs"] = facts.fraud_proofs
+            self.tally["false_fraud_proofs"] = facts.false_proofs
+            self.tally["max_view"] = facts.max_view
+            self.tally["slashed"] = {str(k): list(v) for k, v in facts.slashed.items()}
+        _kept_metric_rows(self.data_dir / "metrics.jsonl", committed=self.state.round)
+        self.writer = TranscriptWriter.open(path)
+        config = self.ctx.config
+        if self.state.round and self.state.round % config.checkpoint_every == 0:
+            self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+        self.stats["restarts"] += 1
+        log.warning("%s: resumed after round %d (seq %d)", self.me, self.state.round, self.app_seq)
 
     # -- rounds --------------------------------------------------------------------------------
 
     def enter_round(self, state) -> None:
         self.state = state
-        self.validator.step(Committed(state)) if self.validator.state else self.validator.start(
-            state
-        )
+        if self.validator.state is None:
+            self.validator.start(state)
+        else:
+            self.validator.step(Committed(state))
+        self.fetched = collections.defaultdict(dict, {state.round: {}})
+        self.fetched_subs = {r: v for r, v in self.fetched_subs.items() if r >= state.round}
+        self.requested.clear()
         self.reported = self.proposing = False
         self.round_started = time.perf_counter()
         r = state.round
@@ -438,6 +507,8 @@ class ValidatorNode(_Base):
             finally:
                 self.current_pbft = None
             self._fetch_missing()
+        elif kind == wire.REPORTS_REQUEST:
+            self._reports_request(sender, body)
         elif kind == wire.GRADIENT_REQUEST:
             self._gradient_request(sender, body)
         elif kind == wire.GRADIENT:
@@ -483,9 +554,9 @@ class ValidatorNode(_Base):
 
     def _report(self, sender: str, body: bytes) -> None:
         message = ReportMessage.decode(body)
-        rep = message.report
-        if sender != f"validator/{rep.validator}":
-            self.drop("report relayed by another validator")
+        rep = message.report  # signed by its validator: a peer may relay it (catch-up)
+        if _validator_index(sender) is None:
+            self.drop("report from a non-validator")
             return
         if rep.round != self.state.round:
             if not self._defer(rep.round, sender, wire.REPORT, body):
@@ -495,6 +566,8 @@ class ValidatorNode(_Base):
         self._maybe_propose_early()
         if self.stashed:
             self._redeliver()
+        if self.pending_commit is not None:
+            self._retry_commit()
 
     def _model_request(self, sender: str, body: bytes) -> None:
         r, params_hash = wire.split_round(body, "model request")
@@ -537,6 +610,11 @@ class ValidatorNode(_Base):
         if not self.missing:
             return
         r = self.state.round
+        # Ask for every gradient this validator lacks, not only the first one a derivation
+        # missed: a validator that was down misses them all.
+        held = set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
+        self.missing |= set(range(self.W)) - held - self.requested.get(r, set())
+        self.requested.setdefault(r, set()).update(self.missing)
         for w in sorted(self.missing):
             request = wire.encode(wire.GRADIENT_REQUEST, wire.round_body(r, struct.pack(">I", w)))
             for j in range(self.n):
@@ -545,13 +623,27 @@ class ValidatorNode(_Base):
         self.stats["gradient requests"] += len(self.missing)
         self.missing.clear()
 
+    def _signed_by_worker(self, r: int, sub) -> bool:
+        rules = self.ctx.rules
+        if not isinstance(sub.worker, int) or not 0 <= sub.worker < self.W:
+            return False
+        digest = flat_digest(self.ctx.learner.header, np.asarray(sub.gradient, np.float32))
+        if digest != sub.commitment or sub.public_key != rules.worker_keys[sub.worker]:
+            return False
+        message = worker_message(rules.chain_id, r, sub.worker, sub.commitment)
+        return rules.signatures.verify(sub.public_key, message, sub.signature)
+
     def _gradient_request(self, sender: str, body: bytes) -> None:
         r, payload = wire.split_round(body, "gradient request")
         if _validator_index(sender) is None or len(payload) != 4:
             self.drop("gradient request from a non-validator or malformed")
             return
         w = struct.unpack(">I", payload)[0]
-        sub = self.validator.submissions.get(w) if r == self.state.round else None
+        held = self.history.get(r)
+        if held is not None:
+            sub = held[0].get(w)
+        else:
+            sub = self.validator.submissions.get(w) if r == self.state.round else None
         if sub is None:
             self.drop("gradient request for a submission this validator does not hold")
             return
@@ -567,25 +659,37 @@ class ValidatorNode(_Base):
             return
         if sub.worker in self.fetched[r] or sub.worker in self.validator.submissions:
             return
-        # Keep it only if it hashes to a commitment a signed report saw for this worker.
-        digest = flat_digest(self.ctx.learner.header, np.asarray(sub.gradient, np.float32))
-        seen = {
-            c.commitment
-            for m in self.validator.reports.values()
-            for c in m.report.checks
-            if c.worker == sub.worker
-        }
-        if digest not in seen:
-            self.drop("fetched gradient that matches no reported commitment")
+        # Keep it only if its worker signed it for this round: the signed commitment binds
+        # the bytes (a relaying peer cannot change them; new_model checks the commitment
+        # against the one the reports accepted).
+        if not self._signed_by_worker(r, sub):
+            self.drop("fetched gradient its worker did not sign for this round")
             return
         self.fetched[r][sub.worker] = sub.gradient
+        self.fetched_subs.setdefault(r, {})[sub.worker] = sub
         self.stats["gradients fetched"] += 1
         self.validator.memo.clear()  # its answers assumed the gradient was missing
         self._redeliver()
-        if self.pending_commit is not None:
-            decision, self.pending_commit = self.pending_commit, None
-            self._decided(decision)
+        self._retry_commit()
         self._fetch_missing()
+
+    def _retry_commit(self) -> None:
+        if self.pending_commit is not None:
+            self.queue.appendleft(self.pending_commit)
+            self.pending_commit = None
+            self.validator.memo.clear()
+            self._drain()
+
+    def _reports_request(self, sender: str, body: bytes) -> None:
+        r, _ = wire.split_round(body, "reports request")
+        held = self.history.get(r)
+        reports = (
+            held[1]
+            if held is not None
+            else (self.validator.reports if r == self.state.round else {})
+        )
+        for message in reports.values():
+            self.transport.send(sender, wire.encode(wire.REPORT, message.encode()))
 
     # -- PBFT ----------------------------------------------------------------------------------
 
@@ -605,33 +709,47 @@ class ValidatorNode(_Base):
                     self.transport.send(f"validator/{j}", data)
         for t in result.timers:
             self.later(t.delay, self._timer, t.name, t.token)
-        for d in result.decisions:
-            self._decided(d)
+        self.queue.extend(result.decisions)
+        self._drain()
 
     def _timer(self, name: str, token: int) -> None:
         self._apply(step(self.replica, self.pstate, TimerExpired(name, token)))
 
-    def _decided(self, decision) -> None:
-        if decision.value is None:
-            return  # a null request fills a sequence after a view change
-        record_bytes, _ = decode_proposal(decision.value)
-        record = RoundRecord.decode(record_bytes)
-        if record.round != self.state.round:
-            self.stats["decision for another round"] += 1
-            log.warning("%s: decided round %d in round %d", self.me, record.round, self.state.round)
-            return
-        self._commit(decision)
+    def _drain(self) -> None:
+        """Apply decided rounds in order; stop at one that waits for a gradient or a report."""
+        while self.queue and self.pending_commit is None and not self.closed:
+            decision = self.queue.popleft()
+            if decision.value is None or decision.seq <= self.app_seq:
+                continue  # a null request after a view change, or a round already written
+            record = RoundRecord.decode(decode_proposal(decision.value)[0])
+            if record.round != self.state.round:
+                self.stats["decision for another round"] += 1
+                log.warning(
+                    "%s: decided round %d in round %d", self.me, record.round, self.state.round
+                )
+                continue
+            self._commit(decision)
 
     def _commit(self, decision) -> None:
         state, writer, config = self.state, self.writer, self.ctx.config
         try:
             outcome, inputs, proofs = self.validator.outcome_of(decision.value)
         except InputsError:
-            # Committed by a quorum, but this validator lacks an accepted gradient: fetch it
-            # from the peers, then commit.
+            # Committed by a quorum, but this validator lacks an accepted gradient or a cited
+            # proof (it missed the round): fetch them from the peers, then commit.
             self.pending_commit = decision
             self._fetch_missing()
+            request = wire.encode(wire.REPORTS_REQUEST, wire.round_body(state.round, b""))
+            for j in range(self.n):
+                if j != self.index:
+                    self.transport.send(f"validator/{j}", request)
             return
+        self.app_seq = decision.seq
+        self.history[state.round] = (dict(self.validator.submissions), dict(self.validator.reports))
+        for w, sub in self.fetched_subs.get(state.round, {}).items():
+            self.history[state.round][0].setdefault(w, sub)
+        while len(self.history) > HISTORY_ROUNDS:
+            self.history.popitem(last=False)
         record, j = outcome.record, outcome.judgement
         cert = self.pstate.ledger[decision.seq]
         qc = (

@@ -16,6 +16,9 @@ Every message on a stream is one kind byte followed by its body:
   a worker its peers accepted (the submission reached it after its deadline)
   asks its peers for it; the answer is the worker's signed submission, kept
   only if it hashes to a commitment some validator's signed report saw.
+* ``REPORTS_REQUEST``: a validator committing a round it missed asks for the
+  round's signed reports (with the fraud proofs they cite); peers answer
+  with ``REPORT`` messages from the rounds they keep.
 * ``CLOSING_VOTE``: a validator's BLS signature over the run's closing
   statement (``protocol.genesis.Closing``); any quorum of them is the
   closing record's QC.
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 PBFT, SUBMISSION, REPORT, ANNOUNCE, MODEL_REQUEST, MODEL, CLOSING_VOTE = range(1, 8)
-GRADIENT_REQUEST, GRADIENT = 8, 9
+GRADIENT_REQUEST, GRADIENT, REPORTS_REQUEST = 8, 9, 10
 KIND_NAMES = {
     PBFT: "pbft",
     SUBMISSION: "submission",
@@ -56,6 +59,7 @@ KIND_NAMES = {
     CLOSING_VOTE: "closing_vote",
     GRADIENT_REQUEST: "gradient_request",
     GRADIENT: "gradient",
+    REPORTS_REQUEST: "reports_request",
 }
 _ANNOUNCE_TAG = b"pot-jax/announce/v1\n"
 

@@ -359,6 +359,8 @@ class Auditor:
         self.pin_genesis = genesis.lower() if genesis else None
         self.pin_validators = validators
         self.data_dir = data_dir
+        self.state = None  # the state after the last complete round checked
+        self.facts = None
 
     def run(self) -> AuditReport:
         if not self.run_dir.is_dir():
@@ -570,6 +572,7 @@ class Auditor:
         if env.digest(loaded["params"]) != genesis_params:
             raise AuditFailure(None, "the genesis checkpoint is not the genesis model")
         state = genesis_state(loaded["params"], loaded["opt_state"], genesis_params, ledger)
+        self.state = state
 
         if self.recompute > 0 and self.recompute < 1:
             self.seed = secrets.randbits(63) if self.seed is None else self.seed
@@ -610,6 +613,7 @@ class Auditor:
                 replay = rng.draw()
             report.rounds += 1
             r += 1
+            self.state = state  # what a restarting validator resumes from (full with recompute 1)
         if not check_conservation(state.ledger):
             raise AuditFailure(None, "the ledger does not conserve value")
         self._closing(records, reader, r, state.params_hash, state.ledger, accuracy_at)
