@@ -174,7 +174,10 @@ def node_main(argv: list[str]) -> int:
     async def run():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, node.done.set)
+            try:
+                loop.add_signal_handler(sig, node.done.set)
+            except (RuntimeError, ValueError):  # not the main thread (a Ray actor)
+                pass
         await node.serve(transport, args.start_file)
 
     asyncio.run(run())
@@ -186,20 +189,152 @@ def node_main(argv: list[str]) -> int:
 
 @dataclass
 class Proc:
+    """One node process of the cluster, started by an engine."""
+
     name: str
     argv: list[str]
     data_dir: Path
     log: Path
-    popen: subprocess.Popen | None = None
+    handle: object = None  # a subprocess.Popen, or (actor, result ref) under Ray
     kills: int = 0
+    placement: object = None  # where a Ray actor runs (its node id), kept across restarts
 
-    def start(self, env) -> None:
-        out = open(self.log, "ab")  # noqa: SIM115  (owned by the child for its life)
-        self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+class ProcessEngine:
+    """Node processes on this machine (subprocess)."""
+
+    name = "processes"
+
+    def start(self, p: Proc, env) -> None:
+        out = open(p.log, "ab")  # noqa: SIM115  (owned by the child for its life)
+        p.handle = subprocess.Popen(p.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
 
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+    def exit_code(self, p: Proc) -> int | None:
+        return None if p.handle is None else p.handle.poll()
+
+    def kill(self, p: Proc) -> None:
+        p.handle.send_signal(signal.SIGKILL)
+        p.handle.wait()
+
+    def stop(self, procs, grace: float = 5.0) -> None:
+        for p in procs:
+            if p.handle is not None and p.handle.poll() is None:
+                p.handle.send_signal(signal.SIGTERM)
+        end = time.time() + grace
+        for p in procs:
+            if p.handle is None:
+                continue
+            try:
+                p.handle.wait(timeout=max(0.0, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.handle.kill()
+                p.handle.wait()
+
+    def close(self) -> None:
+        pass
+
+
+class RayEngine:
+    """The same node processes as Ray actors (one worker process each), on a Ray cluster.
+
+    Nodes still talk to each other over gRPC: each actor reports its host's
+    address and a free port before the peers file is written, and a
+    restarted actor is placed on the node its predecessor ran on (so its
+    address holds). Worker hosts get a GPU each while the cluster has free
+    ones. Files (keys, genesis, node state) are on the paths ``up`` gives:
+    across machines they must be on a shared filesystem.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "--engine ray needs Ray: pip install -e '.[ray]' (or pip install ray)"
+            ) from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        self.gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.actor_class = ray.remote(num_cpus=0, max_concurrency=2)(_NodeActor)
+
+    def _actor(self, p: Proc, gpu: bool):
+        options = {"num_gpus": 1} if gpu else {}
+        if p.placement is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(p.placement, soft=False)
+        return self.actor_class.options(**options).remote()
+
+    def place(self, procs) -> list[str]:
+        """One actor per node; each answers with the ``HOST:PORT`` it will listen on."""
+        gpus = self.gpus
+        actors = []
+        for p in procs:
+            gpu = p.name.startswith("workers/") and gpus > 0
+            gpus -= int(gpu)
+            actors.append(self._actor(p, gpu))
+        where = self.ray.get([a.where.remote() for a in actors])
+        for p, a, (_, _, node) in zip(procs, actors, where, strict=True):
+            p.handle, p.placement = (a, None), node
+        return [f"{host}:{port}" for host, port, _ in where]
+
+    def start(self, p: Proc, env) -> None:
+        fresh = p.handle is not None and p.handle[1] is None
+        actor = p.handle[0] if fresh else self._actor(p, False)
+        # Only the settings that shape a node travel; the rest is the actor host's own.
+        env = {k: v for k, v in env.items() if k.startswith(("GRPC_", "XLA_", "JAX_", "PYTHON"))}
+        p.handle = (actor, actor.run.remote(p.argv, env, str(p.log)))
+
+    def exit_code(self, p: Proc) -> int | None:
+        if p.handle is None or p.handle[1] is None:
+            return None
+        done, _ = self.ray.wait([p.handle[1]], timeout=0)
+        if not done:
+            return None
+        try:
+            return int(self.ray.get(done[0]))
+        except Exception:  # the actor died or raised: the run cannot count on it
+            return 1
+
+    def kill(self, p: Proc) -> None:
+        self.ray.kill(p.handle[0], no_restart=True)
+
+    def stop(self, procs, grace: float = 5.0) -> None:
+        for p in procs:
+            if p.handle is not None:
+                self.ray.kill(p.handle[0], no_restart=True)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+class _NodeActor:
+    """A Ray actor hosting one ``pot-jax node`` in its own worker process."""
+
+    def where(self):
+        import ray
+
+        s = socket.socket()
+        s.bind(("0.0.0.0", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return ray.util.get_node_ip_address(), port, ray.get_runtime_context().get_node_id()
+
+    def run(self, argv, env, log) -> int:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.environ.update(env)
+        return node_main(argv[argv.index("node") + 1 :])
 
 
 @dataclass
@@ -261,6 +396,8 @@ def up(
     timeout: float | None = None,
     kill: str = "",
     restart_after: float = 2.0,
+    engine: str = "processes",
+    ray_address: str | None = None,
     echo=print,
 ) -> UpResult:
     """Run ``config`` on a local cluster of node processes; see the module docstring."""
@@ -287,26 +424,37 @@ def up(
 
     n, W = config.validators, config.workers
     hosts = _split(W, worker_hosts)
-    ports = _free_ports(n + len(hosts))
+    runner = RayEngine(ray_address) if engine == "ray" else ProcessEngine()
+    names = [f"validator/{i}" for i in range(n)] + [f"workers/{k}" for k in range(len(hosts))]
+    procs = [
+        Proc(
+            name,
+            [],
+            nodes_dir / name.replace("/", "-"),
+            nodes_dir / (name.replace("/", "-") + ".log"),
+        )
+        for name in names
+    ]
+    if engine == "ray":
+        addresses = runner.place(procs)
+    else:
+        addresses = [f"127.0.0.1:{port}" for port in _free_ports(len(procs))]
     peers = {
-        "validators": [f"127.0.0.1:{p}" for p in ports[:n]],
+        "validators": addresses[:n],
         "worker_hosts": [
-            {"address": f"127.0.0.1:{p}", "nodes": ws}
-            for p, ws in zip(ports[n:], hosts, strict=True)
+            {"address": a, "nodes": ws} for a, ws in zip(addresses[n:], hosts, strict=True)
         ],
     }
     peers_file = nodes_dir / "peers.json"
     write_json(peers_file, peers)
     start_file = nodes_dir / "start"
-    fault_start = time.time() + 3600  # rewritten below, once every node is ready
-    procs: list[Proc] = []
 
-    def node_argv(role, keyfiles, port, data_dir):
+    def node_argv(role, keyfiles, address, data_dir):
         argv = [sys.executable, "-m", "pot_jax.cli", "node", "--role", role]
         for k in keyfiles:
             argv += ["--key", str(k)]
         argv += ["--genesis", str(genesis_file), "--peers", str(peers_file)]
-        argv += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+        argv += ["--listen", address, "--data-dir", str(data_dir)]
         argv += ["--time-scale", str(time_scale), "--start-file", str(start_file)]
         if config.data_dir:
             argv += ["--dataset-dir", str(config.data_dir)]
@@ -315,44 +463,33 @@ def up(
         return argv
 
     for i in range(n):
-        d = nodes_dir / f"validator-{i}"
         key = keys_dir / _file_name("validator", i)
-        procs.append(
-            Proc(
-                f"validator/{i}",
-                node_argv("validator", [key], ports[i], d),
-                d,
-                nodes_dir / f"validator-{i}.log",
-            )
-        )
+        procs[i].argv = node_argv("validator", [key], addresses[i], procs[i].data_dir)
     for k, ws in enumerate(hosts):
-        d = nodes_dir / f"workers-{k}"
         keyfiles = [keys_dir / _file_name("worker", w) for w in ws]
-        procs.append(
-            Proc(
-                f"workers/{k}",
-                node_argv("worker", keyfiles, ports[n + k], d),
-                d,
-                nodes_dir / f"workers-{k}.log",
-            )
-        )
+        p = procs[n + k]
+        p.argv = node_argv("worker", keyfiles, addresses[n + k], p.data_dir)
 
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
     silent = {i for i in config.byzantine_validator_ids if config.validator_strategy == "silent"}
     honest = [i for i in range(n) if i not in config.byzantine_validator_ids]
     schedule = _parse_kills(kill, n, len(hosts))
     kills_done: list = []
     try:
-        echo(f"pot-jax up: {n} validators, {len(hosts)} worker host(s) for {W} training nodes")
+        echo(
+            f"pot-jax up: {n} validators, {len(hosts)} worker host(s) for {W} training nodes "
+            f"({runner.name})"
+        )
         ready_by = time.time() + 600
         # Faults count from the moment the nodes start together.
         fault_start = time.time() + 3600
         for p in procs:
             p.argv = [str(fault_start) if a == "FAULT_START" else a for a in p.argv]
-            p.start(env)
+            runner.start(p, env)
         while not all((p.data_dir / "ready").exists() for p in procs):
-            _check_alive(procs, nodes_dir)
+            _check_alive(runner, procs)
             if time.time() > ready_by:
                 raise RuntimeError("pot-jax up: the nodes did not warm up within 600 s")
             time.sleep(0.1)
@@ -368,9 +505,8 @@ def up(
                     proc = next(
                         p for p in procs if p.name == _resolve(target, nodes_dir, honest, n)
                     )
-                    if proc.alive():
-                        proc.popen.send_signal(signal.SIGKILL)
-                        proc.popen.wait()
+                    if proc.handle is not None and runner.exit_code(proc) is None:
+                        runner.kill(proc)
                         proc.kills += 1
                         kills_done.append({"round": committed, "node": proc.name})
                         echo(f"pot-jax up: SIGKILL {proc.name} after round {committed}")
@@ -379,7 +515,7 @@ def up(
                 if time.perf_counter() >= item[0]:
                     pending_restarts.remove(item)
                     (item[1].data_dir / "ready").unlink(missing_ok=True)
-                    item[1].start(env)
+                    runner.start(item[1], env)
                     echo(f"pot-jax up: restarted {item[1].name}")
             if all(
                 (nodes_dir / f"validator-{i}" / "closed.json").exists()
@@ -387,12 +523,13 @@ def up(
                 if i not in silent
             ):
                 break
-            _check_alive([p for p in procs if p not in [x for _, x in pending_restarts]], nodes_dir)
+            _check_alive(runner, [p for p in procs if p not in [x for _, x in pending_restarts]])
             if deadline is not None and time.perf_counter() > deadline:
                 raise TimeoutError(f"pot-jax up: the run did not finish within {timeout:g} s")
             time.sleep(0.05)
     finally:
-        _stop(procs)
+        runner.stop(procs)
+        runner.close()
 
     chosen = next(i for i in honest if (nodes_dir / f"validator-{i}" / "closed.json").exists())
     src = nodes_dir / f"validator-{chosen}"
@@ -424,7 +561,7 @@ def up(
         "wall_seconds": result.wall_seconds,
         "run_dir": str(run_dir),
         "cluster": {
-            "engine": "processes",
+            "engine": runner.name,
             "transcript_of": result.transcript_of,
             "processes": len(procs),
             "worker_hosts": len(hosts),
@@ -493,29 +630,15 @@ def _committed_rounds(nodes_dir: Path, honest) -> int:
     )
 
 
-def _check_alive(procs, nodes_dir) -> None:
+def _check_alive(runner, procs) -> None:
     for p in procs:
-        if p.popen is not None and p.popen.poll() is not None:
+        code = runner.exit_code(p)
+        if code is not None:
             tail = p.log.read_text(errors="replace").splitlines()[-15:] if p.log.exists() else []
             raise RuntimeError(
-                f"pot-jax up: {p.name} exited with code {p.popen.returncode}; the end of "
-                f"{p.log}:\n" + "\n".join(tail)
+                f"pot-jax up: {p.name} exited with code {code}; the end of {p.log}:\n"
+                + "\n".join(tail)
             )
-
-
-def _stop(procs, grace: float = 5.0) -> None:
-    for p in procs:
-        if p.alive():
-            p.popen.send_signal(signal.SIGTERM)
-    end = time.time() + grace
-    for p in procs:
-        if p.popen is None:
-            continue
-        try:
-            p.popen.wait(timeout=max(0.0, end - time.time()))
-        except subprocess.TimeoutExpired:
-            p.popen.kill()
-            p.popen.wait()
 
 
 def _up_parser() -> argparse.ArgumentParser:
@@ -536,6 +659,13 @@ def _up_parser() -> argparse.ArgumentParser:
         "rounds committed, and restart it --restart-after seconds later",
     )
     p.add_argument("--restart-after", type=float, default=2.0)
+    p.add_argument(
+        "--engine",
+        choices=("processes", "ray"),
+        default="processes",
+        help="where the node processes run: subprocesses here, or Ray actors (extra: ray)",
+    )
+    p.add_argument("--address", default=None, help="the Ray cluster to join (default: a local one)")
     return p
 
 
@@ -556,6 +686,8 @@ def up_main(argv: list[str]) -> int:
             timeout=args.timeout,
             kill=args.kill,
             restart_after=args.restart_after,
+            engine=args.engine,
+            ray_address=args.address,
         )
     except KeyboardInterrupt:
         print("pot-jax up: interrupted; every node process was stopped", file=sys.stderr)

@@ -67,8 +67,12 @@ def test_cluster_commits_what_the_simulator_commits_and_passes_the_audit(tmp_pat
         assert not any(f.endswith(".key") for f in files), root
 
 
-def test_killed_worker_host_misses_rounds_rejoins_and_is_never_slashed(tmp_path):
+def test_killed_worker_host_misses_rounds_rejoins_and_is_never_slashed_on_a_lossy_network(tmp_path):
     fields = {**TINY, "rounds": 24, "byzantine_fraction": 0.25, "attack": "scaled", "budget": 0.5}
+    faults = tmp_path / "faults.json"  # 1% loss, 1% duplicates, 10 ms delays, between real sockets
+    faults.write_text(
+        '{"delay": 0.01, "delay_kind": "exponential", "loss": 0.01, "duplicate": 0.01}'
+    )
     result = up(
         ProtocolConfig(**fields, run_dir=str(tmp_path / "run")),
         keys_dir=str(tmp_path / "keys"),
@@ -77,6 +81,7 @@ def test_killed_worker_host_misses_rounds_rejoins_and_is_never_slashed(tmp_path)
         timeout=300,
         kill="workers/1@2",
         restart_after=1.0,
+        faults=str(faults),
         echo=lambda *_: None,
     )
     assert result.kills == [{"round": result.kills[0]["round"], "node": "workers/1"}]
@@ -149,3 +154,21 @@ def test_killed_validators_recover_and_a_killed_primary_causes_a_view_change(tmp
         stats = json.loads((own / "node-stats.json").read_text())
         assert stats["restarts"] == 1
         assert audit(own).status == Status.PASSED
+
+
+def test_the_cluster_runs_as_ray_actors(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    result = up(
+        ProtocolConfig(**TINY, rounds=4, run_dir=str(tmp_path / "run")),
+        keys_dir=str(tmp_path / "keys"),
+        time_scale=0.1,
+        timeout=300,
+        engine="ray",
+        kill="workers/0@2",
+        restart_after=0.5,
+        echo=lambda *_: None,
+    )
+    assert result.rounds == 4 and result.kills[0]["node"] == "workers/0"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["cluster"]["engine"] == "ray"
+    assert audit(tmp_path / "run").status == Status.PASSED
