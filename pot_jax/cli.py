@@ -614,6 +614,7 @@ FORWARDED_BENCHES = {
         "ByzFL's sweep: rules x pre-aggregators x attacks x heterogeneity, worst case",
     ),
     "aggregation": ("pot_jax.bench.aggregation", "ms per aggregation of every rule vs NumPy"),
+    "cluster": ("pot_jax.bench.cluster", "goodput vs plain SGD, PBFT commit latency vs n"),
 }
 
 
