@@ -1,0 +1,244 @@
+"""Node processes' handling of bad input, without a network: forged, misrouted, malformed.
+
+Each test feeds a node the message an adversary could send and checks that
+it is dropped with a reason, that the node keeps working, and (canary) that
+the honest version of the same message is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pot_jax.config import ProtocolConfig
+from pot_jax.consensus.pbft import durable_state, initial_state
+from pot_jax.consensus.pbft.state import Certified
+from pot_jax.deploy import wire
+from pot_jax.deploy.cluster import read_key_file
+from pot_jax.deploy.context import ContextError, load_context
+from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode, WorkerHost
+from pot_jax.deploy.store import VoteLog, VoteLogError
+from pot_jax.learning.encoding import encode_pytree, flat_digest
+from pot_jax.protocol.keys import KeyFileError, generate_keys, report_key, write_key_dir
+from pot_jax.protocol.messages import encode_submission
+from pot_jax.protocol.runner import ProtocolRun
+from pot_jax.verification import Submission
+
+TINY = {
+    "dataset": "teacher",
+    "workers": 4,
+    "batch_size": 8,
+    "hidden": (16,),
+    "learning_rate": 0.5,
+    "rounds": 3,
+    "byzantine_fraction": 0.0,
+    "progress": False,
+}
+ENDPOINTS = Endpoints(
+    ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"),
+    (("127.0.0.1:5", (0, 2)), ("127.0.0.1:6", (1, 3))),
+)
+
+
+class FakeTransport:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, peer, data):
+        self.sent.append((peer, data))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("genesis")
+    keys = generate_keys(4, 4)
+    write_key_dir(base / "keys", keys)
+    config = ProtocolConfig(**TINY, run_dir=str(base / "run"), keys=str(base / "keys"))
+    header = ProtocolRun(config).header()
+    return header, keys, base / "keys"
+
+
+def _validator(cluster, tmp_path, index=1):
+    header, keys, _ = cluster
+    ctx = load_context(header)
+    node = ValidatorNode(ctx, index, keys.validator_secret_keys[index], ENDPOINTS, tmp_path / "v")
+    node.loop = asyncio.new_event_loop()
+    node.transport = FakeTransport()
+    node.begin()
+    return node, ctx, keys
+
+
+def _submission(ctx, keys, worker, round_=0, gradient=None, sign=True):
+    x, y = ctx.batches(round_, worker)
+    g = (
+        np.asarray(ctx.learner.worker_gradient(ctx.state0.params, x, y))
+        if gradient is None
+        else gradient
+    )
+    commitment = flat_digest(ctx.learner.header, g)
+    from pot_jax.crypto.worker_signatures import worker_message
+
+    sk, pk = ctx.rules.signatures.keygen(keys.worker_secret_seeds[worker])
+    message = worker_message(ctx.chain_id, round_, worker, commitment)
+    signature = ctx.rules.signatures.sign(sk, message) if sign else b"\0" * 64
+    return Submission(worker, g, commitment, signature, pk)
+
+
+def _wire_submission(sub, round_=0):
+    return wire.encode(wire.SUBMISSION, wire.round_body(round_, encode_submission(sub)))
+
+
+def test_a_host_cannot_submit_for_a_node_another_host_runs(cluster, tmp_path):
+    node, ctx, keys = _validator(cluster, tmp_path)
+    sub = _submission(ctx, keys, worker=1)  # node 1 runs on host 1
+    node.on_message("workers/0", _wire_submission(sub))
+    assert 1 not in node.validator.submissions
+    assert node.stats["dropped: submission for a node another host runs"] == 1
+    node.on_message("workers/1", _wire_submission(sub))  # canary: its own host is heard
+    assert 1 in node.validator.submissions
+
+
+def test_malformed_and_misrouted_messages_are_dropped_with_a_reason(cluster, tmp_path):
+    node, ctx, keys = _validator(cluster, tmp_path)
+    node.on_message("validator/2", b"")
+    node.on_message("validator/2", bytes([99]) + b"x")
+    node.on_message("workers/0", wire.encode(wire.SUBMISSION, b"\0\0"))
+    node.on_message("workers/0", wire.encode(wire.PBFT, b"anything"))
+    node.on_message("workers/0", wire.encode(wire.REPORT, b"junk"))
+    dropped = {k: v for k, v in node.stats.items() if k.startswith("dropped")}
+    assert any("empty message" in k for k in dropped)
+    assert any("unknown message kind" in k for k in dropped)
+    assert any("malformed submission" in k for k in dropped)
+    assert dropped["dropped: consensus message from a non-validator"] == 1
+    assert any("malformed report" in k for k in dropped)
+    node.on_message("workers/0", _wire_submission(_submission(ctx, keys, worker=0)))
+    assert 0 in node.validator.submissions  # still working
+
+
+def test_a_fetched_gradient_must_be_signed_by_its_worker_for_that_round(cluster, tmp_path):
+    node, ctx, keys = _validator(cluster, tmp_path)
+    forged = _submission(
+        ctx, keys, worker=2, gradient=np.ones(ctx.learner.num_params, np.float32), sign=False
+    )
+    body = wire.round_body(0, encode_submission(forged))
+    node.on_message("validator/3", wire.encode(wire.GRADIENT, body))
+    assert 2 not in node.fetched[0]
+    assert node.stats["dropped: fetched gradient its worker did not sign for this round"] == 1
+    other_round = _submission(ctx, keys, worker=2, round_=1)  # signed, but for round 1
+    node.on_message(
+        "validator/3",
+        wire.encode(wire.GRADIENT, wire.round_body(0, encode_submission(other_round))),
+    )
+    assert 2 not in node.fetched[0]
+    honest = _submission(ctx, keys, worker=2)
+    node.on_message(
+        "validator/3", wire.encode(wire.GRADIENT, wire.round_body(0, encode_submission(honest)))
+    )
+    assert 2 in node.fetched[0]  # canary
+
+
+def test_the_wrong_key_for_a_validator_is_refused(cluster, tmp_path):
+    header, keys, _ = cluster
+    ctx = load_context(header)
+    with pytest.raises(NodeError, match="not validator 2"):
+        ValidatorNode(ctx, 2, keys.validator_secret_keys[1], ENDPOINTS, tmp_path / "v")
+
+
+def _host(cluster, tmp_path):
+    header, keys, _ = cluster
+    ctx = load_context(header)
+    node_keys = {w: keys.worker_secret_seeds[w] for w in (0, 2)}
+    host = WorkerHost(ctx, 0, node_keys, ENDPOINTS, tmp_path / "w")
+    host.loop = asyncio.new_event_loop()
+    host.transport = FakeTransport()
+    return host, ctx, keys
+
+
+def _announce(ctx, keys, validator, round_, params_hash, signer=None):
+    a = wire.Announce(round_, params_hash, validator)
+    sk, _ = report_key(keys.validator_secret_keys[validator if signer is None else signer])
+    signature = ctx.rules.report_scheme.sign(sk, a.signing_message(ctx.chain_id, ctx.genesis_hash))
+    return wire.encode_announce(wire.Announce(round_, params_hash, validator, signature))
+
+
+def test_a_worker_host_trains_only_on_a_model_f_plus_1_validators_announced(cluster, tmp_path):
+    host, ctx, keys = _host(cluster, tmp_path)
+    fake = bytes(32)  # a model nobody but a liar announced
+    host.on_message("validator/1", _announce(ctx, keys, 1, 1, fake))
+    assert not host.transport.sent  # f = 1: one announcement is not enough
+    forged = _announce(ctx, keys, 2, 1, fake, signer=1)  # validator 1 signs as 2
+    host.on_message("validator/2", forged)
+    assert host.stats["dropped: announce with a bad signature"] == 1
+    assert not host.transport.sent
+    host.on_message("validator/1", _announce(ctx, keys, 3, 1, fake))  # relayed under 1's name
+    assert host.stats["dropped: announce from another validator than its signer"] == 1
+    assert not host.transport.sent
+    # f + 1 honest announcements of round 1's model: the host asks one of them for it...
+    wanted = bytes.fromhex("11" * 32)
+    host.on_message("validator/2", _announce(ctx, keys, 2, 1, wanted))
+    host.on_message("validator/3", _announce(ctx, keys, 3, 1, wanted))
+    requests = [(p, d) for p, d in host.transport.sent if d[0] == wire.MODEL_REQUEST]
+    assert requests and requests[0][0] in ("validator/2", "validator/3")
+    # ... and refuses bytes that do not hash to the announced hash.
+    params = encode_pytree(ctx.state0.params, ctx.learner.spec)
+    host.on_message(requests[0][0], wire.encode_model(1, wanted, params))
+    assert host.stats["dropped: model bytes that do not hash to the announced hash"] == 1
+    assert not any(d[0] == wire.SUBMISSION for _, d in host.transport.sent)
+    # Canary: the genesis model, announced by f + 1, is trained on at once (it is known).
+    for v in (2, 3):
+        host.on_message(f"validator/{v}", _announce(ctx, keys, v, 2, ctx.state0.params_hash))
+    submissions = [d for _, d in host.transport.sent if d[0] == wire.SUBMISSION]
+    assert len(submissions) == 2 * 4  # nodes 0 and 2, to each of the 4 validators
+
+
+def test_vote_log_round_trips_and_refuses_a_tampered_file(cluster, tmp_path):
+    node, _, _ = _validator(cluster, tmp_path)
+    cert = Certified(2, b"d" * 32, b"value", votes={0: b"s" * 96, 3: b"t" * 96})
+    state = dataclasses.replace(
+        durable_state(initial_state(node.replica)),
+        view=2,
+        signed={("prepare", 2, 1): b"d" * 32, ("commit", 2, 1): b"d" * 32},
+        prepared={1: cert},
+        ledger={1: cert},
+        last_executed=1,
+        pending={b"p" * 32: b"request"},
+        last_new_view=b"nv",
+    )
+    log = VoteLog(tmp_path / "votes.json")
+    log.save(state)
+    assert log.load() == state
+    assert os.stat(log.path).st_mode & 0o077 == 0
+    raw = json.loads(log.path.read_text())
+    raw["signed"] = [["prepare", "x", 1, "zz"]]
+    log.path.write_text(json.dumps(raw))
+    with pytest.raises(VoteLogError, match="votes.json"):
+        log.load()
+
+
+def test_a_tampered_genesis_is_refused(cluster):
+    header, _, _ = cluster
+    tampered = json.loads(json.dumps(header))
+    tampered["genesis"]["config"]["learning_rate"] = 5.0
+    with pytest.raises(ContextError, match="does not hash"):
+        load_context(tampered)
+    forged_qc = json.loads(json.dumps(header))
+    forged_qc["genesis_qc"] = header["genesis_qc"][:-4] + "0000"
+    with pytest.raises(ContextError):
+        load_context(forged_qc)
+
+
+def test_key_files_are_checked(cluster, tmp_path):
+    _, _, keys_dir = cluster
+    path = keys_dir / "validator-00001.key"
+    role, index, _ = read_key_file(path)
+    assert (role, index) == ("validator", 1)
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(path.read_bytes())
+    os.chmod(loose, 0o644)
+    with pytest.raises(KeyFileError, match="mode 600"):
+        read_key_file(loose)
