@@ -528,8 +528,14 @@ def up(
                 raise TimeoutError(f"pot-jax up: the run did not finish within {timeout:g} s")
             time.sleep(0.05)
     finally:
-        runner.stop(procs)
-        runner.close()
+        # A second Ctrl-C (or a SIGINT relayed by a wrapper such as timeout) must not cut
+        # the stopping short and leave nodes running.
+        previous = _ignore_sigint()
+        try:
+            runner.stop(procs)
+            runner.close()
+        finally:
+            _restore_sigint(previous)
 
     chosen = next(i for i in honest if (nodes_dir / f"validator-{i}" / "closed.json").exists())
     src = nodes_dir / f"validator-{chosen}"
@@ -628,6 +634,18 @@ def _committed_rounds(nodes_dir: Path, honest) -> int:
     return max(
         (len(_rows(nodes_dir / f"validator-{i}" / "metrics.jsonl")) for i in honest), default=0
     )
+
+
+def _ignore_sigint():
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to protect
+        return None
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_alive(runner, procs) -> None:

@@ -121,6 +121,8 @@ def test_ctrl_c_stops_every_node_process(tmp_path):
     pids = [int((d / "ready").read_text()) for d in nodes.iterdir() if (d / "ready").exists()]
     assert len(pids) == 5  # 4 validators and one worker host
     up_proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    up_proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C while it stops the nodes
     out, _ = up_proc.communicate(timeout=60)
     assert up_proc.returncode == 130, out.decode(errors="replace")
     for pid in pids:
