@@ -614,6 +614,10 @@ FORWARDED_BENCHES = {
         "ByzFL's sweep: rules x pre-aggregators x attacks x heterogeneity, worst case",
     ),
     "aggregation": ("pot_jax.bench.aggregation", "ms per aggregation of every rule vs NumPy"),
+    "uptime": (
+        "pot_jax.bench.uptime",
+        "claim 2 with real node processes: uptime under churn, crashes and loss; memory",
+    ),
     "cluster": ("pot_jax.bench.cluster", "goodput vs plain SGD, PBFT commit latency vs n"),
 }
 
