@@ -76,7 +76,6 @@ from pot_jax.network import byzantine
 from pot_jax.protocol import behaviours  # noqa: F401  (registers the role behaviours)
 from pot_jax.protocol.genesis import Closing, encode_closing_record
 from pot_jax.protocol.keys import report_key
-from pot_jax.protocol.ledger import encode_entries
 from pot_jax.protocol.messages import (
     MessageError,
     ReportMessage,
@@ -97,16 +96,14 @@ from pot_jax.protocol.roles import (
     supersedes,
     worker_program,
 )
-from pot_jax.protocol.round import Fault, InputsError, advance
+from pot_jax.protocol.round import InputsError, advance
+from pot_jax.protocol.runner import append_round, checkpoint_bytes, round_facts
 from pot_jax.protocol.transcript import (
     TRANSCRIPT_NAME,
     RecordKind,
     TranscriptWriter,
-    encode_fraud_record,
-    encode_qc_record,
 )
 from pot_jax.runinfo import JsonLines, write_json
-from pot_jax.verification.checks import Category
 
 __all__ = ["Endpoints", "NodeError", "ValidatorNode", "WorkerHost"]
 
@@ -750,51 +747,31 @@ class ValidatorNode(_Base):
             self.history[state.round][0].setdefault(w, sub)
         while len(self.history) > HISTORY_ROUNDS:
             self.history.popitem(last=False)
-        record, j = outcome.record, outcome.judgement
         cert = self.pstate.ledger[decision.seq]
         qc = (
             cert.qc
             if cert.qc is not None
             else aggregate_votes(self.ctx.validator_set, dict(cert.votes))
         )
-        writer.append(RecordKind.ROUND, record.encode(), sync=False)
-        writer.append(RecordKind.QC, encode_qc_record(cert.view, decision.seq, qc), sync=False)
-        writer.append(RecordKind.INPUTS, inputs.encode(), sync=False)
-        if j.cited:
-            writer.append_checkpoint(self._checkpoint_bytes(state))
-        for prover, digest in j.cited:
-            writer.append(
-                RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]), sync=False
-            )
-        writer.append(RecordKind.LEDGER, encode_entries(outcome.entries))
+        append_round(writer, outcome, inputs, proofs, cert.view, decision.seq, qc, state)
         self.stale.append(state.params)
         new_state = advance(state, outcome, qc.signer_indices())
         r = state.round
         if (r + 1) % config.checkpoint_every == 0:
-            writer.append_checkpoint(self._checkpoint_bytes(new_state))
-        by_category = collections.Counter(
-            x.category for x in record.rejected if x.category != Category.SLASHED.value
-        )
-        valid = len(j.rewards.fraud_proofs)
-        false = sum(1 for x in j.slashed if x.fault == Fault.FALSE_PROOF.value)
+            writer.append_checkpoint(checkpoint_bytes(new_state))
+        facts = round_facts(outcome, cert.view)
         tally = self.tally
-        tally["rejections"].update(by_category)
-        tally["fraud_proofs"] += valid
-        tally["false_fraud_proofs"] += false
+        tally["rejections"].update(facts["rejected_by_category"])
+        tally["fraud_proofs"] += facts["fraud_proofs"]
+        tally["false_fraud_proofs"] += facts["false_fraud_proofs"]
         tally["max_view"] = max(tally["max_view"], cert.view)
-        for x in j.slashed:
-            tally["slashed"].setdefault(str(x.validator), []).append(x.fault)
+        for v, fault in facts["slashed_validators"]:
+            tally["slashed"].setdefault(str(v), []).append(fault)
         row = {
             "round": r + 1,
             "params_hash": new_state.params_hash.hex(),
-            "accepted": len(record.accepted),
-            "rejected": sum(by_category.values()),
-            "rejected_by_category": dict(sorted(by_category.items())),
-            "fraud_proofs": valid,
-            "false_fraud_proofs": false,
-            "slashed_validators": [[x.validator, x.fault] for x in j.slashed],
+            **facts,
             "caught": len(new_state.banned),
-            "view": cert.view,
             "seq": decision.seq,
             "round_wall_seconds": time.perf_counter() - self.round_started,
             "wall_seconds": time.perf_counter() - self.run_started,
@@ -899,7 +876,7 @@ class ValidatorNode(_Base):
         }
 
     def _checkpoint_bytes(self, state) -> bytes:
-        return encode_pytree({"opt_state": state.opt_state, "params": state.params})
+        return checkpoint_bytes(state)
 
 
 def _vote_ok(validator_set, i, message, signature) -> bool:

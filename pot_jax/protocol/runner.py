@@ -215,6 +215,49 @@ def _kept_metric_rows(path: Path, *, committed: int) -> int:
     return max((r["round"] for r in kept), default=0)
 
 
+def checkpoint_bytes(state) -> bytes:
+    """A CHECKPOINT record's model: the optimizer state and the parameters."""
+    return encode_pytree({"opt_state": state.opt_state, "params": state.params})
+
+
+def append_round(writer, outcome, inputs, proofs, view, seq, qc, state) -> None:
+    """A committed round's records, as every writer of a transcript writes them.
+
+    Record, QC, inputs, [theta_r and every cited proof], ledger entries; one
+    fdatasync per round, by the LEDGER record that completes it (an audit or a
+    resume treats a round without its LEDGER record as not written). ``state``
+    is the round's input state (theta_r).
+    """
+    j = outcome.judgement
+    writer.append(RecordKind.ROUND, outcome.record.encode(), sync=False)
+    writer.append(RecordKind.QC, encode_qc_record(view, seq, qc), sync=False)
+    writer.append(RecordKind.INPUTS, inputs.encode(), sync=False)
+    if j.cited:  # theta_r, so that anyone can check each proof with one recomputation
+        writer.append_checkpoint(checkpoint_bytes(state))
+    for prover, digest in j.cited:
+        writer.append(
+            RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]), sync=False
+        )
+    writer.append(RecordKind.LEDGER, encode_entries(outcome.entries))
+
+
+def round_facts(outcome, view: int) -> dict:
+    """What a metrics row says about a committed round (the audit checks each of these)."""
+    record, j = outcome.record, outcome.judgement
+    by_category = collections.Counter(
+        x.category for x in record.rejected if x.category != Category.SLASHED.value
+    )
+    return {
+        "accepted": len(record.accepted),
+        "rejected": sum(by_category.values()),
+        "rejected_by_category": dict(sorted(by_category.items())),
+        "fraud_proofs": len(j.rewards.fraud_proofs),
+        "false_fraud_proofs": sum(1 for s in j.slashed if s.fault == Fault.FALSE_PROOF.value),
+        "slashed_validators": [[s.validator, s.fault] for s in j.slashed],
+        "view": view,
+    }
+
+
 STALE_ROUNDS = 5  # how old the model a lazy worker trains on is
 MAX_ROUND_VIRTUAL_TIME = 10_000.0
 CALIBRATION_ROUNDS = 4  # public batches of rounds 0-3 calibrate, rounds 4-7 measure
@@ -595,19 +638,7 @@ class ProtocolRun:
         record, j = outcome.record, outcome.judgement
         view, qc = self._commit_qc(seq)
 
-        # Transcript: record, QC, inputs, [theta_r and every cited proof], ledger entries.
-        # One fdatasync per round, by the LEDGER record that completes it (an audit
-        # or a resume treats a round without its LEDGER record as not written).
-        writer.append(RecordKind.ROUND, record.encode(), sync=False)
-        writer.append(RecordKind.QC, encode_qc_record(view, seq, qc), sync=False)
-        writer.append(RecordKind.INPUTS, inputs.encode(), sync=False)
-        if j.cited:  # theta_r, so that anyone can check each proof with one recomputation
-            writer.append_checkpoint(self._checkpoint_bytes(state))
-        for prover, digest in j.cited:
-            writer.append(
-                RecordKind.FRAUD_PROOF, encode_fraud_record(prover, proofs[digest]), sync=False
-            )
-        writer.append(RecordKind.LEDGER, encode_entries(outcome.entries))
+        append_round(writer, outcome, inputs, proofs, view, seq, qc, state)
 
         # Update.
         self.stale.append(state.params)
@@ -620,15 +651,13 @@ class ProtocolRun:
         if (r + 1) % config.checkpoint_every == 0:
             writer.append_checkpoint(self._checkpoint_bytes(self.state))
 
-        by_category = collections.Counter(
-            x.category for x in record.rejected if x.category != Category.SLASHED.value
-        )
+        facts = round_facts(outcome, view)
+        by_category = collections.Counter(facts["rejected_by_category"])
         self.rejections.update(by_category)
-        valid_proofs = len(j.rewards.fraud_proofs)
-        false_proofs = sum(1 for s in j.slashed if s.fault == Fault.FALSE_PROOF.value)
+        valid_proofs, false_proofs = facts["fraud_proofs"], facts["false_fraud_proofs"]
         self.counts["fraud_proofs"] += valid_proofs
         self.counts["false_proofs"] += false_proofs
-        self.counts["rejected"] += sum(by_category.values())
+        self.counts["rejected"] += facts["rejected"]
         accepted = {a.worker for a in record.accepted}
         self.counts["wrong_checked"] += len(wrong & recomputed)
         self.counts["wrong_caught"] += len(wrong & set(j.proven))
@@ -652,15 +681,9 @@ class ProtocolRun:
             "round": r + 1,
             "loss": loss,
             "centralized_loss": float(loss_c),
-            "accepted": len(record.accepted),
-            "rejected": sum(by_category.values()),
-            "rejected_by_category": dict(sorted(by_category.items())),
-            "fraud_proofs": valid_proofs,
-            "false_fraud_proofs": false_proofs,
-            "slashed_validators": [[s.validator, s.fault] for s in j.slashed],
+            **facts,
             "caught": len(self.state.banned),
             "recomputed": len(recomputed),
-            "view": view,
             "messages": int(sum(self.cluster.stats.sent.values())) - messages_before,
             "workers_down": len(down),
             "virtual_time": self.net.time,
@@ -668,7 +691,7 @@ class ProtocolRun:
         }
 
     def _checkpoint_bytes(self, state) -> bytes:
-        return encode_pytree({"opt_state": state.opt_state, "params": state.params})
+        return checkpoint_bytes(state)
 
     def _commit_qc(self, seq: int) -> tuple[int, QuorumCertificate]:
         for node in self.cluster.nodes:
