@@ -17,6 +17,7 @@ viable and committed (first honest decision) within ``deadline`` of its start.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -206,6 +207,15 @@ def _mean_by(rows, key):
 
 
 PAPER_UPTIME = 0.992
+REAL_NODES_JSON = "real_nodes.json"  # `pot-jax bench uptime --figure-data DIR` writes it
+
+
+def _real_nodes(data_dir: Path) -> dict | None:
+    """The real-node measurement (`pot-jax bench uptime`), when it was made."""
+    path = Path(data_dir) / REAL_NODES_JSON
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
 
 
 def _uptime_errorbar(ax, xs, ups):
@@ -251,9 +261,24 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
                 fontsize=7,
             )
         low = min(min(min(u) for u in ups), PAPER_UPTIME)
+        real = _real_nodes(data_dir)
+        if real is not None:
+            lo, hi = real["uptime_95ci_wilson"]
+            up = real["uptime"]
+            ax_w.errorbar(
+                [real["settings"]["workers"]],
+                [up],
+                yerr=[[up - lo], [hi - up]],
+                fmt="*",
+                ms=11,
+                color="C2",
+                capsize=3,
+                label=f"real processes over gRPC ({real['rounds']} rounds, 95% CI)",
+            )
+            low = min(low, lo)
         ax_w.set(
             xscale="log",
-            xlabel="training nodes W (modelled arrivals)",
+            xlabel="training nodes W (circles: modelled arrivals; star: real node processes)",
             ylabel="rounds committed within the deadline",
             ylim=(max(0.0, math.floor((low - 0.04) * 50) / 50), 1.005),
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -109,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULT))
     p.add_argument("--force", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--figure-data",
+        default=None,
+        metavar="DIR",
+        help="also write the result as DIR/real_nodes.json, the real-node point of figure f2",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     kill = _kills(args.rounds, args.worker_hosts, args.crash_round, args.churn_every)
     sampler = _MemorySampler(run_dir / "nodes")
     sampler.start()
+    load_before = os.getloadavg()
     try:
         result = up(
             config,
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": {**vars(args), "faults": schedule, "kill": kill},
         "wall_seconds": result.wall_seconds,
+        "load_average_before_after": [list(load_before), list(os.getloadavg())],
         "run_dir": str(run_dir),
         "notes": [
             "real processes over gRPC on 127.0.0.1 of one 2-core machine; loss and delay by the "
@@ -187,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "metadata": run_metadata(),
     }
     write_json(out, report)
+    if args.figure_data:
+        write_json(Path(args.figure_data) / "real_nodes.json", report)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -340,10 +340,17 @@ class ValidatorNode(_Base):
     # -- setup ---------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Compile the recomputation and the aggregate before round 0 starts."""
-        ctx = self.ctx
+        """Compile the recomputation, the aggregate and the update before round 0 starts
+        (compiling them in round 0 made its deadlines miss)."""
+        import jax.numpy as jnp
+
+        ctx, state = self.ctx, self.ctx.state0
         x, y = ctx.batches(0, 0)
-        ctx.learner.worker_gradient(ctx.state0.params, x, y)
+        ctx.learner.worker_gradient(state.params, x, y)
+        rows = jnp.zeros((self.W, ctx.learner.num_params), jnp.float32)
+        agg = ctx.rules.aggregate(rows, jnp.ones((self.W,), bool))
+        params, _ = ctx.learner.apply_update(state.params, state.opt_state, agg)
+        pytree_digest(params, ctx.learner.spec)
 
     def begin(self) -> None:
         if self.silent:
@@ -1048,6 +1055,10 @@ class WorkerHost(_Base):
             n_validators=config.validators,
             chain_id=ctx.chain_id,
         )
+        # A host that fell behind must not send this round's submissions behind the last
+        # round's, which no validator wants any more (they would miss every deadline).
+        for v in range(config.validators):
+            self.transport.discard(f"validator/{v}", lambda d, r=r: _submission_before(d, r))
         nan_rows = None
         for w in ids:
             node, actx = self.nodes[w], None
@@ -1063,5 +1074,10 @@ class WorkerHost(_Base):
             data = wire.encode(wire.SUBMISSION, wire.round_body(r, encode_submission(sub)))
             for v in range(config.validators):
                 self.transport.send(f"validator/{v}", data)
-        self.stale.append(params)
         self.stats["rounds trained"] += 1
+        self.stale.append(params)
+
+
+def _submission_before(data: bytes, r: int) -> bool:
+    """Whether ``data`` is a submission for a round before ``r``."""
+    return len(data) > 9 and data[0] == wire.SUBMISSION and wire.split_round(data[1:], "")[0] < r

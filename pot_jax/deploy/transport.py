@@ -346,6 +346,22 @@ class Transport:
         link = self._links[peer]
         return len(link.queue), link.queued_bytes
 
+    def discard(self, peer: str, stale: Callable[[bytes], bool]) -> int:
+        """Drop the messages waiting for ``peer`` that ``stale(data)`` says are moot (a past
+        round's submissions once a newer round started); the head, possibly being written,
+        stays. Returns how many were dropped, also counted as ``dropped["stale"]``."""
+        link = self._links[peer]
+        if len(link.queue) < 2:
+            return 0
+        head, rest = link.queue[0], list(link.queue)[1:]
+        kept = [d for d in rest if not stale(d)]
+        dropped = len(rest) - len(kept)
+        if dropped:
+            link.queue = deque([head, *kept])
+            link.queued_bytes = sum(len(d) for d in link.queue)
+            self.stats.dropped["stale"] += dropped
+        return dropped
+
     def send(self, peer: str, data: bytes) -> None:
         """Queues ``data`` for ``peer``, through the fault layer if there is one; never blocks."""
         if peer not in self._links:

@@ -52,6 +52,9 @@ class FakeTransport:
     def send(self, peer, data):
         self.sent.append((peer, data))
 
+    def discard(self, peer, stale):
+        return 0
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):

@@ -551,3 +551,23 @@ def test_partition_window_drops_then_heals():
     inbox, dropped = run(scenario())
     assert inbox == [("worker/0", b"after")]
     assert dropped["fault: partition"] == 1
+
+
+def test_discard_drops_stale_queued_messages_but_not_the_head_being_written():
+    async def scenario():
+        keys = Keys()
+        node = Node(keys, "workers/0")
+        node.transport.add_peer("validator/0", "127.0.0.1:9")  # nobody listens: all queue up
+        await node.transport.start()
+        for i in range(6):
+            node.transport.send("validator/0", bytes([i % 2]) + b"x" * 10)
+        n, size = node.transport.queued("validator/0")
+        dropped = node.transport.discard("validator/0", lambda d: d[0] == 0)
+        after = node.transport.queued("validator/0")
+        await node.transport.stop()
+        return n, size, dropped, after, node.transport.stats.dropped["stale"]
+
+    n, size, dropped, after, counted = asyncio.run(scenario())
+    assert n == 6 and size == 66
+    assert dropped == 2 and counted == 2  # the three stale ones but the head
+    assert after == (4, 44)
