@@ -108,6 +108,8 @@ from pot_jax.runinfo import JsonLines, write_json
 __all__ = ["Endpoints", "NodeError", "ValidatorNode", "WorkerHost"]
 
 log = logging.getLogger(__name__)
+FETCH_RETRY = 4.0  # network delays before missing gradients and reports are asked for again
+STATS_EVERY = 5.0  # seconds between refreshes of node-stats.json
 HISTORY_ROUNDS = 64  # rounds of submissions and reports kept for peers that fall behind
 STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker trains on is
 MODEL_RETRY = 4.0  # network delays before a worker host asks another announcer for the model
@@ -230,8 +232,17 @@ class _Base:
         except (wire.WireError, MessageError, RecordError) as err:
             self.drop(f"malformed {wire.KIND_NAMES[kind]} ({err})")
 
+    def progress(self) -> dict:
+        """Where the node is (written with its counters; overridden by the node kinds)."""
+        return {}
+
+    def _stats_loop(self) -> None:
+        self.write_stats()
+        self.later(STATS_EVERY / self.scale, self._stats_loop)
+
     def write_stats(self) -> None:
         stats = dict(self.stats)
+        stats["progress"] = self.progress()
         if self.transport is not None:
             stats["transport"] = {
                 k: (dict(v) if isinstance(v, collections.Counter) else v)
@@ -249,6 +260,7 @@ class _Base:
         while start_file is not None and not Path(start_file).exists():
             await asyncio.sleep(0.05)
         self.begin()
+        self._stats_loop()
         try:
             await self.done.wait()
         finally:
@@ -393,15 +405,6 @@ class ValidatorNode(_Base):
         records = list(TranscriptReader(path, allow_torn_tail=True))
         if not records or records[0].payload != header_bytes(self.ctx.header):
             raise NodeError(f"{path} is the transcript of another run (its header differs)")
-        ledgers = [i for i, rec in enumerate(records) if rec.kind == RecordKind.LEDGER]
-        cut = records[ledgers[-1]].end if ledgers else records[min(1, len(records) - 1)].end
-        qcs = [
-            rec for rec in records[: (ledgers[-1] if ledgers else 0)] if rec.kind == RecordKind.QC
-        ]
-        self.app_seq = decode_qc_record(qcs[-1].payload)[1] if qcs else 0
-        with open(path, "r+b") as f:  # the records of a round the crash tore are cut away
-            f.truncate(cut)
-            os.fsync(f.fileno())
         auditor = Auditor(
             self.data_dir,
             recompute=1.0,
@@ -413,6 +416,16 @@ class ValidatorNode(_Base):
             raise NodeError(
                 f"{path}: this validator's own transcript does not re-execute: {report.reason}"
             )
+        # Keep exactly the rounds the re-execution accepted (a round whose LEDGER made it
+        # to disk but whose checkpoint did not is torn too); their last QC gives the seq.
+        done = auditor.state.round
+        ledgers = [i for i, rec in enumerate(records) if rec.kind == RecordKind.LEDGER]
+        cut = records[ledgers[done - 1]].end if done else records[min(1, len(records) - 1)].end
+        qcs = [rec for rec in records if rec.kind == RecordKind.QC and rec.offset < cut]
+        self.app_seq = decode_qc_record(qcs[-1].payload)[1] if qcs else 0
+        with open(path, "r+b") as f:  # the records of a round the crash tore are cut away
+            f.truncate(cut)
+            os.fsync(f.fileno())
         self.state = auditor.state
         facts = auditor.facts
         if facts is not None:
@@ -626,6 +639,28 @@ class ValidatorNode(_Base):
                     self.transport.send(f"validator/{j}", request)
         self.stats["gradient requests"] += len(self.missing)
         self.missing.clear()
+        # Requests and answers can be lost: ask again while something still waits.
+        self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
+
+    def _retry_fetch(self) -> None:
+        if self.pending_commit is None and not self.stashed:
+            return
+        r = self.state.round
+        held = set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
+        self.requested.pop(r, None)
+        self.missing |= set(range(self.W)) - held
+        if self.pending_commit is not None:
+            self._request_reports(r)
+        if self.missing:
+            self._fetch_missing()
+        else:
+            self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
+
+    def _request_reports(self, r: int) -> None:
+        request = wire.encode(wire.REPORTS_REQUEST, wire.round_body(r, b""))
+        for j in range(self.n):
+            if j != self.index:
+                self.transport.send(f"validator/{j}", request)
 
     def _signed_by_worker(self, r: int, sub) -> bool:
         rules = self.ctx.rules
@@ -719,6 +754,24 @@ class ValidatorNode(_Base):
     def _timer(self, name: str, token: int) -> None:
         self._apply(step(self.replica, self.pstate, TimerExpired(name, token)))
 
+    def progress(self) -> dict:
+        p = self.pstate
+        return {
+            "round": None if self.state is None else self.state.round,
+            "app_seq": self.app_seq,
+            "view": None if p is None else p.view,
+            "last_executed": None if p is None else p.last_executed,
+            "pending_requests": None if p is None else len(p.pending),
+            "queued_decisions": len(self.queue),
+            "waiting_to_commit": None if self.pending_commit is None else self.pending_commit.seq,
+            "submissions": len(self.validator.submissions),
+            "reports": sorted(self.validator.reports),
+            "reported": self.reported,
+            "proposed": self.validator.proposed,
+            "stashed": len(self.stashed),
+            "closed": self.closed,
+        }
+
     def _drain(self) -> None:
         """Apply decided rounds in order; stop at one that waits for a gradient or a report."""
         while self.queue and self.pending_commit is None and not self.closed:
@@ -742,11 +795,9 @@ class ValidatorNode(_Base):
             # Committed by a quorum, but this validator lacks an accepted gradient or a cited
             # proof (it missed the round): fetch them from the peers, then commit.
             self.pending_commit = decision
+            self._request_reports(state.round)
             self._fetch_missing()
-            request = wire.encode(wire.REPORTS_REQUEST, wire.round_body(state.round, b""))
-            for j in range(self.n):
-                if j != self.index:
-                    self.transport.send(f"validator/{j}", request)
+            self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
             return
         self.app_seq = decision.seq
         self.history[state.round] = (dict(self.validator.submissions), dict(self.validator.reports))

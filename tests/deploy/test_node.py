@@ -245,3 +245,42 @@ def test_key_files_are_checked(cluster, tmp_path):
     os.chmod(loose, 0o644)
     with pytest.raises(KeyFileError, match="mode 600"):
         read_key_file(loose)
+
+
+def test_a_restarted_validator_drops_a_round_torn_between_its_ledger_and_checkpoint(
+    cluster, tmp_path
+):
+    """The crash hit after round 2's LEDGER record but before its checkpoint: round 2 is
+    torn; the validator resumes after round 1 and commits round 2 again from consensus."""
+    import shutil
+
+    from pot_jax.protocol.runner import run_protocol
+    from pot_jax.protocol.transcript import (
+        TRANSCRIPT_NAME,
+        RecordKind,
+        TranscriptReader,
+        decode_qc_record,
+    )
+
+    _, keys, keys_dir = cluster
+    sim = tmp_path / "sim"
+    config = ProtocolConfig(**{**TINY, "checkpoint_every": 3}, run_dir=str(sim), keys=str(keys_dir))
+    run_protocol(config)
+    data = tmp_path / "v"
+    shutil.copytree(sim, data)
+    (data / "summary.json").unlink()
+    records = list(TranscriptReader(data / TRANSCRIPT_NAME))
+    ledgers = [r for r in records if r.kind == RecordKind.LEDGER]
+    qcs = [r for r in records if r.kind == RecordKind.QC]
+    with open(data / TRANSCRIPT_NAME, "r+b") as f:
+        f.truncate(ledgers[2].end)  # round 2's checkpoint and the closing never written
+    ctx = load_context(json.loads((sim / "config.json").read_text()))  # that run's header
+    node = ValidatorNode(ctx, 1, keys.validator_secret_keys[1], ENDPOINTS, data)
+    node.loop = asyncio.new_event_loop()
+    node.transport = FakeTransport()
+    node.begin()
+    assert node.state.round == 2
+    assert node.app_seq == decode_qc_record(qcs[1].payload)[1]
+    kept = list(TranscriptReader(data / TRANSCRIPT_NAME))
+    assert kept[-1].offset == ledgers[1].offset  # round 2's records are gone
+    node.writer.close()
