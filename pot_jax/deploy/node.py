@@ -501,7 +501,10 @@ class ValidatorNode(_Base):
         for out in outs:
             self._apply(step(self.replica, self.pstate, Submit(out.value)))
         if not self.validator.proposed:
-            self._set_timer("propose", 2.0, self.propose)  # too few reports yet: try again
+            # Too few reports yet, or an accepted gradient that reached this validator after
+            # its deadline: ask the peers for it, and try again.
+            self._fetch_missing()
+            self._set_timer("propose", 2.0, self.propose)
 
     def _maybe_propose_early(self) -> None:
         if self.reported and len(self.validator.reports) == self.n:
@@ -643,7 +646,8 @@ class ValidatorNode(_Base):
         self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
 
     def _retry_fetch(self) -> None:
-        if self.pending_commit is None and not self.stashed:
+        waiting_to_propose = self.reported and not self.validator.proposed
+        if self.pending_commit is None and not self.stashed and not waiting_to_propose:
             return
         r = self.state.round
         held = set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
@@ -710,6 +714,8 @@ class ValidatorNode(_Base):
         self.validator.memo.clear()  # its answers assumed the gradient was missing
         self._redeliver()
         self._retry_commit()
+        if self.reported and not self.validator.proposed:
+            self.propose()
         self._fetch_missing()
 
     def _retry_commit(self) -> None:

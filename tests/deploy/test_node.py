@@ -284,3 +284,42 @@ def test_a_restarted_validator_drops_a_round_torn_between_its_ledger_and_checkpo
     kept = list(TranscriptReader(data / TRANSCRIPT_NAME))
     assert kept[-1].offset == ledgers[1].offset  # round 2's records are gone
     node.writer.close()
+
+
+def test_a_validator_missing_an_accepted_gradient_asks_its_peers_before_proposing(
+    cluster, tmp_path
+):
+    """Worker 0's submission reached every validator but this one before its deadline; the
+    others' reports accept it, so this validator cannot derive the round without it."""
+    from pot_jax.protocol.roles import ReportDue, Validator
+
+    node, ctx, keys = _validator(cluster, tmp_path)
+    for w in (1, 2, 3):  # what reached validator 1 in time
+        node.on_message(f"workers/{w % 2}", _wire_submission(_submission(ctx, keys, w)))
+    node.report()
+    for v in (2, 3):  # what reached its peers: everything
+        peer = Validator(
+            v,
+            keys.validator_secret_keys[v],
+            report_key(keys.validator_secret_keys[v])[0],
+            ctx.rules,
+        )
+        peer.start(ctx.state0)
+        for w in range(4):
+            peer.step(_submission(ctx, keys, w))
+        (message,) = peer.step(ReportDue())
+        node.on_message(f"validator/{v}", wire.encode(wire.REPORT, message.encode()))
+    node.propose()  # the report deadline passed (validator 0 never reported)
+    assert not node.validator.proposed
+    asked = {
+        wire.split_round(d[1:], "")[1]
+        for p, d in node.transport.sent
+        if d[0] == wire.GRADIENT_REQUEST
+    }
+    assert (0).to_bytes(4, "big") in asked  # worker 0's gradient, from the peers
+    # The answer, signed by worker 0, lets it propose.
+    honest = _submission(ctx, keys, worker=0)
+    node.on_message(
+        "validator/2", wire.encode(wire.GRADIENT, wire.round_body(0, encode_submission(honest)))
+    )
+    assert node.validator.proposed
