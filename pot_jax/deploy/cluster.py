@@ -106,7 +106,7 @@ def build_node(args):
     from pot_jax.deploy.context import load_context, read_header
     from pot_jax.deploy.faults import FaultLayer, FaultSchedule
     from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode, WorkerHost
-    from pot_jax.deploy.transport import Transport
+    from pot_jax.deploy.transport import Limits, Transport
 
     ctx = load_context(read_header(args.genesis), data_dir=args.dataset_dir)
     config = ctx.config
@@ -157,8 +157,12 @@ def build_node(args):
             on_message=on_message,
             faults=faults,
             seed=config.seed,
+            limits=limits,
         )
 
+    # A NEW-VIEW carries the prepared values of a whole window (each a record and the
+    # round's reports: about 0.6 MB at 1000 training nodes): room for PBFT's own bound.
+    limits = Limits(max_message_bytes=24 << 20, queue_bytes=256 << 20)
     return node, transport
 
 

@@ -248,7 +248,7 @@ class _Base:
                 k: (dict(v) if isinstance(v, collections.Counter) else v)
                 for k, v in dataclasses.asdict(self.transport.stats).items()
             }
-        write_json(self.data_dir / "node-stats.json", stats)
+        write_json(self.data_dir / "node-stats.json", _jsonable(stats))
 
     async def serve(self, transport_factory, start_file: str | None = None) -> None:
         """Start the transport, warm up, wait for ``start_file`` (if any), run until done."""
@@ -1138,3 +1138,12 @@ class WorkerHost(_Base):
 def _submission_before(data: bytes, r: int) -> bool:
     """Whether ``data`` is a submission for a round before ``r``."""
     return len(data) > 9 and data[0] == wire.SUBMISSION and wire.split_round(data[1:], "")[0] < r
+
+
+def _jsonable(obj):
+    """``obj`` with every mapping key a string (counters may be keyed by tuples)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj

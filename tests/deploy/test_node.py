@@ -216,6 +216,12 @@ def test_vote_log_round_trips_and_refuses_a_tampered_file(cluster, tmp_path):
     log.save(state)
     assert log.load() == state
     assert os.stat(log.path).st_mode & 0o077 == 0
+    assert b"request" not in log.path.read_bytes()  # values live beside it, written once
+    (value,) = [p for p in log.values.iterdir() if p.read_bytes() == b"request"]
+    value.write_bytes(b"forged")
+    with pytest.raises(VoteLogError, match="does not hash to its name"):
+        VoteLog(log.path).load()
+    value.write_bytes(b"request")
     raw = json.loads(log.path.read_text())
     raw["signed"] = [["prepare", "x", 1, "zz"]]
     log.path.write_text(json.dumps(raw))
