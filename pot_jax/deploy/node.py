@@ -79,6 +79,7 @@ from pot_jax.protocol.keys import report_key
 from pot_jax.protocol.messages import (
     MessageError,
     ReportMessage,
+    RoundInputs,
     decode_proposal,
     decode_submission,
     encode_submission,
@@ -632,8 +633,7 @@ class ValidatorNode(_Base):
         r = self.state.round
         # Ask for every gradient this validator lacks, not only the first one a derivation
         # missed: a validator that was down misses them all.
-        held = set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
-        self.missing |= set(range(self.W)) - held - self.requested.get(r, set())
+        self.missing |= self._wanted() - self.requested.get(r, set())
         self.requested.setdefault(r, set()).update(self.missing)
         for w in sorted(self.missing):
             request = wire.encode(wire.GRADIENT_REQUEST, wire.round_body(r, struct.pack(">I", w)))
@@ -645,14 +645,25 @@ class ValidatorNode(_Base):
         # Requests and answers can be lost: ask again while something still waits.
         self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
 
+    def _wanted(self) -> set[int]:
+        """Gradients this validator lacks that some signed report accepted: only those can
+        be needed (asking for every missing one, a killed host's 250 nodes included, flooded
+        the peers with requests nobody could answer)."""
+        r = self.state.round
+        reports = [m.report for m in self.validator.reports.values()]
+        if self.pending_commit is not None:
+            reports += RoundInputs.decode(decode_proposal(self.pending_commit.value)[1]).reports
+        accepted = {c.worker for rep in reports for c in rep.checks if c.commitment and c.accepted}
+        held = set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
+        return accepted - held
+
     def _retry_fetch(self) -> None:
         waiting_to_propose = self.reported and not self.validator.proposed
         if self.pending_commit is None and not self.stashed and not waiting_to_propose:
             return
         r = self.state.round
-        held = set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
         self.requested.pop(r, None)
-        self.missing |= set(range(self.W)) - held
+        self.missing |= self._wanted()
         if self.pending_commit is not None:
             self._request_reports(r)
         if self.missing:
