@@ -105,8 +105,9 @@ def build_node(args):
     """The node ``args`` describe, and a factory of its transport."""
     from pot_jax.deploy.context import load_context, read_header
     from pot_jax.deploy.faults import FaultLayer, FaultSchedule
-    from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode, WorkerHost
+    from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode
     from pot_jax.deploy.transport import Limits, Transport
+    from pot_jax.deploy.worker_host import WorkerHost
 
     ctx = load_context(read_header(args.genesis), data_dir=args.dataset_dir)
     config = ctx.config

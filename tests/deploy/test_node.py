@@ -21,8 +21,9 @@ from pot_jax.consensus.pbft.state import Certified
 from pot_jax.deploy import wire
 from pot_jax.deploy.cluster import read_key_file
 from pot_jax.deploy.context import ContextError, load_context
-from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode, WorkerHost
+from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode
 from pot_jax.deploy.store import VoteLog, VoteLogError
+from pot_jax.deploy.worker_host import WorkerHost
 from pot_jax.learning.encoding import encode_pytree, flat_digest
 from pot_jax.protocol.keys import KeyFileError, generate_keys, report_key, write_key_dir
 from pot_jax.protocol.messages import encode_submission
