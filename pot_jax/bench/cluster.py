@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -58,6 +57,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pot_jax.deploy.cluster import free_ports
 
 DEFAULT_OUT = Path("benchmarks/results/cluster.json")
 # Li and Dahmani's Go implementation of PoT: 2.07 s per commit at 50 nodes.
@@ -548,16 +549,6 @@ def profile_validators(
 # -- commit latency ------------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def bench_value(k: int, size: int) -> bytes:
     """Value k of the stream: its index, then deterministic filler to ``size`` bytes."""
     head = struct.pack(">Q", k)
@@ -578,7 +569,7 @@ def measure_latency_point(
     interval = s.interval(n)
     spec = {
         "n": n,
-        "addresses": [f"127.0.0.1:{p}" for p in _free_ports(n)],
+        "addresses": [f"127.0.0.1:{p}" for p in free_ports(n)],
         "hosted": hosted,
         "values": s.values,
         "value_bytes": s.value_bytes,

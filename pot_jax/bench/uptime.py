@@ -124,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"{out} exists; pass --force to replace it (or --out FILE)")
-        return 2
+    figure = Path(args.figure_data) / "real_nodes.json" if args.figure_data else None
+    for path in (out, figure):
+        if path is not None and path.exists() and not args.force:
+            print(f"{path} exists; pass --force to replace it (or write elsewhere)")
+            return 2
     run_dir = Path(args.run_dir)
     faults = run_dir.parent / (run_dir.name + ".faults.json")
     faults.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "schedule in settings.kill up to that round"
         )
     write_json(out, report)
-    if args.figure_data:
-        write_json(Path(args.figure_data) / "real_nodes.json", report)
+    if figure is not None:
+        write_json(figure, report)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:

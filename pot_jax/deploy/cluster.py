@@ -354,7 +354,8 @@ class UpResult:
     node_stats: dict = field(default_factory=dict)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now (bound together, then released)."""
     socks, ports = [], []
     for _ in range(n):
         s = socket.socket()
@@ -443,7 +444,7 @@ def up(
     if engine == "ray":
         addresses = runner.place(procs)
     else:
-        addresses = [f"127.0.0.1:{port}" for port in _free_ports(len(procs))]
+        addresses = [f"127.0.0.1:{port}" for port in free_ports(len(procs))]
     peers = {
         "validators": addresses[:n],
         "worker_hosts": [

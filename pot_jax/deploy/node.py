@@ -725,6 +725,9 @@ class ValidatorNode(_Base):
 
     def _reports_request(self, sender: str, body: bytes) -> None:
         r, _ = wire.split_round(body, "reports request")
+        if _validator_index(sender) is None:  # a host could make it send reports for ever
+            self.drop("reports request from a non-validator")
+            return
         held = self.history.get(r)
         reports = (
             held[1]

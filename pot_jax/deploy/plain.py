@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -56,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pot_jax.config import ProtocolConfig
+from pot_jax.deploy.cluster import free_ports
 from pot_jax.runinfo import JsonLines, write_json
 
 __all__ = [
@@ -429,16 +429,6 @@ def process_main(argv: list[str] | None = None) -> int:
 # -- a local run ---------------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
     for p in procs:
         if p.poll() is None:
@@ -483,7 +473,7 @@ def run_plain(
     with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(32))
     hosts = split_workers(config.workers, worker_hosts)
-    ports = _free_ports(1 + len(hosts))
+    ports = free_ports(1 + len(hosts))
     peers = {
         "server": f"127.0.0.1:{ports[0]}",
         "worker_hosts": [

@@ -330,3 +330,23 @@ def test_a_validator_missing_an_accepted_gradient_asks_its_peers_before_proposin
         "validator/2", wire.encode(wire.GRADIENT, wire.round_body(0, encode_submission(honest)))
     )
     assert node.validator.proposed
+
+
+def test_only_validators_get_a_rounds_reports_or_gradients_on_request(cluster, tmp_path):
+    node, ctx, keys = _validator(cluster, tmp_path)
+    node.on_message("workers/1", _wire_submission(_submission(ctx, keys, 1)))
+    node.report()
+    node.transport.sent.clear()
+    node.on_message("workers/0", wire.encode(wire.REPORTS_REQUEST, wire.round_body(0, b"")))
+    node.on_message(
+        "workers/0", wire.encode(wire.GRADIENT_REQUEST, wire.round_body(0, (1).to_bytes(4, "big")))
+    )
+    assert not node.transport.sent
+    assert node.stats["dropped: reports request from a non-validator"] == 1
+    node.on_message("validator/2", wire.encode(wire.REPORTS_REQUEST, wire.round_body(0, b"")))
+    node.on_message(
+        "validator/2",
+        wire.encode(wire.GRADIENT_REQUEST, wire.round_body(0, (1).to_bytes(4, "big"))),
+    )
+    kinds = sorted(d[0] for p, d in node.transport.sent if p == "validator/2")
+    assert kinds == [wire.REPORT, wire.GRADIENT]  # canary: a validator is answered
