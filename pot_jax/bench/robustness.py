@@ -87,6 +87,16 @@ Run ``python -m pot_jax.bench.robustness --json [--preset mini|mnist1d|mnist]
 [--data-dir DIR] [--validate]``: writes benchmarks/results/robustness.json
 (refusing to overwrite it without ``--force``) and prints the result.
 Runtimes on a 2-core CPU: see :data:`PRESETS` and the README of paper_figures.
+
+**Sweeps that take days** are grown across sessions: ``--resume`` continues
+the sweep in ``--out`` (the file is saved after every aggregator, f and
+attack, atomically), runs only the runs it lacks, and may widen the grid
+(``--aggregators``, ``--attacks``, ``--byzantine``, ``--heterogeneity``,
+``--seeds``). It refuses a file made with another setting (model, data,
+steps, ...; :func:`resume_config`) and first re-runs the file's first
+vmapped call, refusing if this code and machine do not reproduce it exactly
+(:func:`check_reproduces`). Cells that lack an attack or a seed are marked
+incomplete and left out of the goal.
 """
 
 from __future__ import annotations
@@ -146,10 +156,12 @@ __all__ = [
     "ValidationConfig",
     "all_aggregators",
     "catch_probability",
+    "check_reproduces",
     "heterogeneity_shards",
     "main",
     "measure_robustness",
     "measure_sample_aware",
+    "resume_config",
     "sample_aware_table",
     "summarize_runs",
     "summarize_sample_aware",
@@ -1011,7 +1023,11 @@ def _execute(
 
 
 def measure_robustness(
-    config: RobustnessConfig, *, log: Callable[[str], None] | None = None
+    config: RobustnessConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+    previous: dict | None = None,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every cell of ``config``; the runs, the worst-case cells and the 2-point goal.
 
@@ -1023,9 +1039,18 @@ def measure_robustness(
     ``skipped`` (aggregators not defined for a cell, with the reason),
     ``cells``, ``no_attack``, ``reference`` and ``goal`` (:func:`summarize_runs`)
     and the wall time of each program (compile included).
+
+    ``previous`` is an earlier result of this sweep (:func:`resume_config`
+    says whether it may be continued): its runs are kept and not run again,
+    and ``sessions`` records which commit, machine and time made which runs.
+    ``on_progress`` receives the result so far after every (aggregator, f,
+    attack), so an interrupted sweep loses at most one of them.
     """
     start = time.perf_counter()
     meta = run_metadata()  # at the start: the commit that ran, not one made meanwhile
+    done = {_run_key(r) for r in previous["runs"]} if previous else set()
+    sessions = list(_sessions(previous)) if previous else []
+    kept = len(done)
     data = _load(config)
     learner = _learner(config, data)
     H = config.honest
@@ -1036,9 +1061,41 @@ def measure_robustness(
             batches[(h, seed)] = epoch_batches(shards, config.batch_size, config.steps, seed)
     arrays = tuple(map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test)))
     inputs = _Inputs(arrays, _initializer(learner), batches, {}, catch_probability(config))
-    runs, skipped, timings = [], [], []
+    runs = list(previous["runs"]) if previous else []
+    skipped, timings = [], list(previous.get("timings", [])) if previous else []
+
+    def result() -> dict:
+        session = {
+            **meta,
+            "runs": len(runs) - kept,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
+        return {
+            "benchmark": "robustness",
+            "config": dataclasses.asdict(config),
+            "seeds": list(config.seeds),
+            "catch_probability_per_round": inputs.catch,
+            "params": learner.num_params,
+            "n_train": data.n_train,
+            "n_test": data.n_test,
+            **meta,
+            **summarize_runs(runs, config),
+            "skipped": skipped,
+            "sessions": [*sessions, session] if session["runs"] else sessions,
+            "runs": runs,
+            "timings": timings,
+            "wall_seconds": round(
+                sum(s["wall_seconds"] for s in sessions) + session["wall_seconds"], 1
+            ),
+        }
 
     def sweep(aggregator, F, rules, attack_specs, verifications):
+        if all(
+            (aggregator, F, spec, *row) in done
+            for spec in attack_specs
+            for row in _run_rows(config, verifications)
+        ):
+            return  # every run is in ``previous``: no program to build
         W = H + F
         attacks = [
             jax_attack(spec, rule=rules[0], n_workers=W, n_byzantine=F, protocol_mode=False)
@@ -1054,9 +1111,15 @@ def measure_robustness(
             momentum=config.worker_momentum,
             num_classes=data.num_classes,
         )
-        rows = _run_rows(config, verifications)
         byz_W = np.arange(W) >= H  # honest workers in slots 0..H-1
         for which, spec in enumerate(attack_specs):
+            rows = [
+                row
+                for row in _run_rows(config, verifications)
+                if (aggregator, F, spec, *row) not in done
+            ]
+            if not rows:
+                continue
             t0 = time.perf_counter()
             for lo in range(0, len(rows), config.runs_per_call):
                 group = rows[lo : lo + config.runs_per_call]
@@ -1077,9 +1140,22 @@ def measure_robustness(
                         }
                     )
             seconds = round(time.perf_counter() - t0, 2)
-            timings.append({"f": F, "aggregator": aggregator, "attack": spec, "seconds": seconds})
+            timings.append(
+                {
+                    "f": F,
+                    "aggregator": aggregator,
+                    "attack": spec,
+                    "runs": len(rows),
+                    "seconds": seconds,
+                }
+            )
             if log:
-                log(f"f={F} {aggregator:28s} {spec:18s} {seconds:7.1f} s (first: with compile)")
+                log(
+                    f"f={F} {aggregator:28s} {spec:18s} {len(rows):3d} runs {seconds:7.1f} s "
+                    "(first: with compile)"
+                )
+            if on_progress:
+                on_progress(result())
 
     for aggregator in config.aggregators:
         # No attack: the H honest workers alone; the server declares the real f, 0.
@@ -1094,21 +1170,124 @@ def measure_robustness(
                     log(f"f={F} {aggregator:28s} skipped: {err}")
                 continue
             sweep(aggregator, F, rules, config.attacks, config.verifications)
-    return {
-        "benchmark": "robustness",
-        "config": dataclasses.asdict(config),
-        "seeds": list(config.seeds),
-        "catch_probability_per_round": inputs.catch,
-        "params": learner.num_params,
-        "n_train": data.n_train,
-        "n_test": data.n_test,
-        **meta,
-        **summarize_runs(runs),
-        "skipped": skipped,
-        "runs": runs,
-        "timings": timings,
-        "wall_seconds": round(time.perf_counter() - start, 1),
+    return result()
+
+
+def _run_key(run: dict) -> tuple:
+    """What determines a run, given the sweep's setting."""
+    return (
+        run["aggregator"],
+        run["f"],
+        run["attack"],
+        run["heterogeneity"],
+        run["seed"],
+        run["verification"],
+    )
+
+
+def _sessions(previous: dict) -> list[dict]:
+    """Who made the runs of ``previous``: its sessions, or its own metadata if it has none."""
+    if "sessions" in previous:
+        return previous["sessions"]
+    keys = ("pot_jax_version", "git_commit", "jax_version", "device", "backend", "python")
+    keys += ("platform", "cpu_count", "utc_time", "wall_seconds")
+    return [{**{k: previous.get(k) for k in keys}, "runs": len(previous["runs"])}]
+
+
+# The axes a sweep may grow along when it is resumed; every other field is its setting.
+GRID_FIELDS = (
+    "byzantine",
+    "heterogeneity",
+    "aggregators",
+    "attacks",
+    "verifications",
+    "seeds",
+)
+_FREE_FIELDS = ("runs_per_call", "data_dir")  # how it runs, not what it computes
+
+
+def resume_config(config: RobustnessConfig, previous: dict) -> RobustnessConfig:
+    """``config`` grown by the grid of ``previous``, whose runs it may keep.
+
+    Raises ValueError, naming the fields, when ``previous`` was made with
+    another setting (model, data, steps, learning rate, ...): its runs would
+    mean something else. Each grid axis is ``config``'s values, then those
+    only ``previous`` has, so no stored run falls outside the result's grid.
+    """
+    try:
+        stored = json.loads(json.dumps(previous["config"]))  # lists, as in a result file
+        previous["runs"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a robustness sweep result (missing {err})") from None
+    ours = json.loads(json.dumps(dataclasses.asdict(config)))
+    differ = sorted(
+        name
+        for name in set(ours) | set(stored)
+        if name not in GRID_FIELDS + _FREE_FIELDS and ours.get(name) != stored.get(name)
+    )
+    if differ:
+        detail = ", ".join(f"{n} {stored.get(n)!r} -> {ours.get(n)!r}" for n in differ)
+        raise ValueError(f"made with another setting ({detail})")
+    grown = {
+        name: tuple(dict.fromkeys([*getattr(config, name), *map(_hashable, stored[name])]))
+        for name in GRID_FIELDS
     }
+    return dataclasses.replace(config, **grown)
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+# Largest difference of a re-run's accuracy curve from the stored one that a resume accepts.
+REPRODUCE_TOLERANCE = 0.0
+
+
+def check_reproduces(
+    config: RobustnessConfig, previous: dict, *, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Re-run the first stored call of ``previous`` here and compare it with what is stored.
+
+    A resumed sweep puts runs made by this code on this machine beside runs
+    made by another commit or machine; that is sound only if both compute
+    the same thing. The first call of ``previous`` (its first attack run's
+    aggregator, f and attack, and the rows that shared its vmapped call) is
+    run again; raises ValueError if any accuracy curve differs from the
+    stored one by more than :data:`REPRODUCE_TOLERANCE`. Returns what was
+    compared.
+    """
+    stored_cfg = previous["config"]
+    first = next((r for r in previous["runs"] if r["attack"] != NO_ATTACK), None)
+    if first is None:
+        return {"runs": 0, "max_difference": None}
+    axes = {name: tuple(map(_hashable, stored_cfg[name])) for name in GRID_FIELDS}
+    axes.update(
+        aggregators=(first["aggregator"],), byzantine=(first["f"],), attacks=(first["attack"],)
+    )
+    trial = dataclasses.replace(config, **axes, runs_per_call=stored_cfg["runs_per_call"])
+    chunk = _run_rows(trial, trial.verifications)[: trial.runs_per_call]
+    head = (first["aggregator"], first["f"], first["attack"])
+    wanted = {(*head, *row) for row in chunk}
+    stored = {_run_key(r): r for r in previous["runs"] if _run_key(r) in wanted}
+    if len(stored) != len(wanted):
+        return {"runs": 0, "max_difference": None}  # not made in calls of this shape
+    kept = [r for r in previous["runs"] if _run_key(r) not in wanted]
+    again = measure_robustness(trial, previous={**previous, "runs": kept, "timings": []})
+    fresh = {_run_key(r): r for r in again["runs"] if _run_key(r) in wanted}
+    worst = max(
+        float(np.max(np.abs(np.subtract(fresh[k]["accuracy"], stored[k]["accuracy"]))))
+        for k in wanted
+    )
+    summary = {"runs": len(wanted), "of": list(head), "max_difference": round(worst, 4)}
+    if log:
+        log(f"re-ran {len(wanted)} stored runs of {head}: largest difference {worst:.4f}")
+    if worst > REPRODUCE_TOLERANCE:
+        raise ValueError(
+            f"its runs do not reproduce here: {len(wanted)} runs of {head} re-run differ by up "
+            f"to {worst:.4f} in accuracy (made at git "
+            f"{str(_sessions(previous)[-1].get('git_commit'))[:10]})"
+        )
+    return summary
 
 
 def _cell(runs: list[dict], metric: str) -> dict[str, Any]:
@@ -1138,7 +1317,7 @@ def _cell(runs: list[dict], metric: str) -> dict[str, Any]:
     }
 
 
-def summarize_runs(runs: list[dict]) -> dict:
+def summarize_runs(runs: list[dict], config: RobustnessConfig | None = None) -> dict:
     """The worst-case cells, the no-attack accuracies and the 2-point goal.
 
     ``cells``: one per (heterogeneity, f, aggregator, verification), over the
@@ -1149,6 +1328,12 @@ def summarize_runs(runs: list[dict]) -> dict:
     H honest workers alone. ``reference``: the no-attack accuracy of the mean
     (D-SGD over the honest workers), which the goal compares every spot-check
     cell with, at the same heterogeneity.
+
+    With ``config``, a cell is ``complete`` when it holds every attack of
+    ``config.attacks`` for every seed (a resumed sweep may stop between
+    them); ``missing`` lists the attacks it lacks, and the goal is judged
+    on complete cells only, since a worst case over some attacks is not one.
+    Without it every cell counts as complete.
     """
     groups, clean = defaultdict(list), defaultdict(list)
     for r in runs:
@@ -1170,6 +1355,7 @@ def summarize_runs(runs: list[dict]) -> dict:
                 ),
                 4,
             ),
+            **_completeness(rs, config),
         }
         for (h, f, agg, v), rs in groups.items()
     ]
@@ -1195,15 +1381,32 @@ def summarize_runs(runs: list[dict]) -> dict:
     }
 
 
+def _completeness(rs: list[dict], config: RobustnessConfig | None) -> dict[str, Any]:
+    if config is None:
+        return {"complete": True, "missing": []}
+    seeds = defaultdict(set)
+    for r in rs:
+        seeds[r["attack"]].add(r["seed"])
+    missing = [a for a in config.attacks if not set(config.seeds) <= seeds[a]]
+    return {"complete": not missing, "missing": missing}
+
+
 def _goal(cells: list[dict], reference: dict) -> dict:
-    """Is every spot-check cell within 2 points of the no-attack accuracy? Per aggregator."""
+    """Is every complete spot-check cell within 2 points of the no-attack accuracy?
+
+    Per aggregator, with the number of complete cells judged and of
+    incomplete ones left out.
+    """
     if not reference:
         return {"note": "no no-attack runs of mean: the goal's reference is missing"}
     out = {}
     for metric, key in (("worst_best", "best"), ("worst_final", "final")):
-        per_aggregator = defaultdict(list)
+        per_aggregator, incomplete = defaultdict(list), defaultdict(int)
         for c in cells:
             if c["verification"] != "spot_check_model" or c["heterogeneity"] not in reference:
+                continue
+            if not c.get("complete", True):
+                incomplete[c["aggregator"]] += 1
                 continue
             gap = reference[c["heterogeneity"]][key] - c[metric]["value"]
             per_aggregator[c["aggregator"]].append((gap, c["heterogeneity"], c["f"]))
@@ -1212,6 +1415,8 @@ def _goal(cells: list[dict], reference: dict) -> dict:
                 "holds": all(g <= 0.02 for g, _, _ in gaps),
                 "largest_gap": round(max(g for g, _, _ in gaps), 4),
                 "at": {"heterogeneity": max(gaps)[1], "f": max(gaps)[2]},
+                "cells": len(gaps),
+                "incomplete_cells": incomplete[agg],
             }
             for agg, gaps in per_aggregator.items()
         }
@@ -1770,17 +1975,23 @@ def table(result: dict) -> str:
         for h, f in columns:
             a = cells.get((h, f, agg, "none"))
             b = cells.get((h, f, agg, "spot_check_model"))
-            parts.append(
-                f"{a['worst_best']['value'] if a else float('nan'):8.3f}/"
-                f"{b['worst_best']['value'] if b else float('nan'):.3f}"
-            )
+            parts.append(f"{_table_value(a):>8s}/{_table_value(b)}")
         lines.append(f"{agg:28s} " + " ".join(f"{p:>17s}" for p in parts))
     ref = sweep.get("reference", {})
+    if any(not c.get("complete", True) for c in cells.values()):
+        lines.append("*: incomplete cell (some attacks or seeds not run yet), not a worst case")
     lines.append(
         "no attack (mean, honest workers only): "
         + ", ".join(f"{h} {v['best']:.3f}" for h, v in ref.items())
     )
     return "\n".join(lines)
+
+
+def _table_value(cell: dict | None) -> str:
+    if cell is None:
+        return "nan"
+    star = "" if cell.get("complete", True) else "*"
+    return f"{cell['worst_best']['value']:.3f}{star}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1821,7 +2032,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"result file ('-': none; default {DEFAULT_OUT}, with --sample-aware "
         f"{DEFAULT_SAMPLE_AWARE_OUT})",
     )
+    for name, what in (
+        ("aggregators", "aggregators (rule specs without parameters: nnm+krum)"),
+        ("attacks", "attack specs"),
+        ("byzantine", "numbers of Byzantine workers f"),
+        ("heterogeneity", "heterogeneity levels (gamma:G, dirichlet:A, iid)"),
+    ):
+        parser.add_argument(
+            f"--{name}", default=None, help=f"comma-separated {what} (default: the preset's)"
+        )
     parser.add_argument("--force", action="store_true", help="overwrite an existing result file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out: keep its runs, run only the missing ones (after "
+        "re-running its first call to check that this code and machine reproduce it), and "
+        "save after every (aggregator, f, attack); the grid grows to hold both",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -1830,8 +2057,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         args.out = DEFAULT_SAMPLE_AWARE_OUT if args.sample_aware else DEFAULT_OUT
     out = None if str(args.out) == "-" else args.out
-    if out is not None and out.exists() and not args.force:
-        print(f"{describe_existing(out)}; pass --force to overwrite", file=sys.stderr)
+    if args.resume and (args.force or args.sample_aware or args.validate_only or out is None):
+        print(
+            "--resume continues the sweep in --out: not with --force, --sample-aware, "
+            "--validate-only or --out -",
+            file=sys.stderr,
+        )
+        return 2
+    if out is not None and out.exists() and not (args.force or args.resume):
+        print(
+            f"{describe_existing(out)}; pass --resume to continue it or --force to overwrite",
+            file=sys.stderr,
+        )
         return 1
     if args.sample_aware:
         return _main_sample_aware(args, out)
@@ -1842,21 +2079,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["seeds"] = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     if args.steps is not None:
         overrides["steps"] = args.steps
-    config = dataclasses.replace(PRESETS[args.preset], **overrides)
+    for name in ("aggregators", "attacks", "heterogeneity"):
+        if getattr(args, name) is not None:
+            overrides[name] = tuple(v.strip() for v in getattr(args, name).split(",") if v.strip())
+    if args.byzantine is not None:
+        overrides["byzantine"] = tuple(int(v) for v in args.byzantine.split(",") if v.strip())
+    try:
+        config = dataclasses.replace(PRESETS[args.preset], **overrides)
+    except ValueError as err:
+        print(f"bad sweep: {err}", file=sys.stderr)
+        return 2
 
     def log(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
     result: dict[str, Any] = {"preset": args.preset}
+    previous = None
+    if args.resume and out.exists():
+        try:
+            stored = json.loads(out.read_text())
+            previous = stored["sweep"]
+            config = resume_config(config, previous)
+            check = check_reproduces(config, previous, log=log)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"{out}: cannot resume: {err}; give another --out", file=sys.stderr)
+            return 1
+        result["resumed"] = {"from_preset": stored.get("preset"), "reproduced": check}
+        if "validation" in stored:
+            result["validation"] = stored["validation"]
 
     def save() -> None:  # after each part, so a failure later keeps what was measured
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1) + "\n")
+            part = out.with_name(out.name + ".part")  # a crash mid-write keeps the old file
+            part.write_text(json.dumps(result, indent=1) + "\n")
+            part.replace(out)
+
+    def progress(sweep: dict) -> None:
+        result["sweep"] = sweep
+        save()
 
     if not args.validate_only:
-        result["sweep"] = measure_robustness(config, log=log)
+        result["sweep"] = measure_robustness(
+            config, log=log, previous=previous, on_progress=progress
+        )
         save()
     if args.validate or args.validate_only:
         result["validation"] = validate_against_protocol(ValidationConfig(), log=log)

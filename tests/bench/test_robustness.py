@@ -357,3 +357,95 @@ def test_main_writes_the_result_and_refuses_to_overwrite_it(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "robustness benchmark" in err[0] and "--force" in err[0]
     assert out.read_text() == before
+
+
+# --------------------------------------------------------------------------- #
+# Resuming a sweep
+# --------------------------------------------------------------------------- #
+
+ONE_ATTACK = dataclasses.replace(TINY, aggregators=("mean",), attacks=("alie",))
+TWO_ATTACKS = dataclasses.replace(ONE_ATTACK, attacks=("alie", "ipm:epsilon=10.0"))
+
+
+def _curves(result):
+    return {rb._run_key(r): r["accuracy"] for r in result["runs"]}
+
+
+def test_a_resumed_sweep_runs_only_what_is_missing_and_equals_a_fresh_one():
+    first = rb.measure_robustness(ONE_ATTACK)
+    config = rb.resume_config(TWO_ATTACKS, first)
+    saved = []
+    resumed = rb.measure_robustness(config, previous=first, on_progress=saved.append)
+    fresh = rb.measure_robustness(TWO_ATTACKS)
+    assert _curves(resumed) == _curves(fresh)
+    new = [t for t in resumed["timings"] if t not in first["timings"]]
+    assert {t["attack"] for t in new} == {"ipm:epsilon=10.0"}  # alie was not run again
+    assert [s["runs"] for s in resumed["sessions"]] == [len(first["runs"]), 4]
+    assert len(saved) == 1 and saved[0]["runs"] == resumed["runs"]
+    assert all(c["complete"] for c in resumed["cells"])
+
+
+def test_resume_refuses_a_sweep_made_with_another_setting():
+    first = rb.measure_robustness(ONE_ATTACK)
+    with pytest.raises(ValueError, match=r"another setting \(steps 40 -> 60"):
+        rb.resume_config(dataclasses.replace(TWO_ATTACKS, steps=60), first)
+    with pytest.raises(ValueError, match="not a robustness sweep"):
+        rb.resume_config(TWO_ATTACKS, {"runs": []})
+
+
+def test_resume_refuses_stored_runs_that_do_not_reproduce():
+    """A tampered (or differently computed) stored run is found by re-running its call."""
+    first = rb.measure_robustness(ONE_ATTACK)
+    config = rb.resume_config(TWO_ATTACKS, first)
+    assert rb.check_reproduces(config, first)["max_difference"] == 0.0
+    target = next(r for r in first["runs"] if r["attack"] == "alie")
+    target["accuracy"] = [a + 0.01 for a in target["accuracy"]]
+    with pytest.raises(ValueError, match="do not reproduce here"):
+        rb.check_reproduces(config, first)
+
+
+def test_an_incomplete_cell_is_marked_and_left_out_of_the_goal():
+    fresh = rb.measure_robustness(TWO_ATTACKS)
+    partial = [r for r in fresh["runs"] if not (r["attack"] == "alie" and r["seed"] == 0)]
+    s = rb.summarize_runs(partial, TWO_ATTACKS)
+    attacked = [c for c in s["cells"]]
+    assert attacked and all(not c["complete"] and c["missing"] == ["alie"] for c in attacked)
+    goal = s["goal"]["worst_best"]
+    assert goal == {}  # no complete spot-check cell: nothing judged
+    whole = rb.summarize_runs(fresh["runs"], TWO_ATTACKS)["goal"]["worst_best"]["mean"]
+    assert whole["cells"] == 2 and whole["incomplete_cells"] == 0
+
+
+def test_main_resumes_an_interrupted_sweep(tmp_path, capsys, monkeypatch):
+    """Killed after its first (aggregator, f, attack), a sweep resumes where it stopped."""
+    out = tmp_path / "robustness.json"
+    monkeypatch.setitem(rb.PRESETS, "tiny", TWO_ATTACKS)
+    real = rb.measure_robustness
+
+    def interrupted(config, **kwargs):
+        def stop(partial):
+            kwargs["on_progress"](partial)
+            if len({r["attack"] for r in partial["runs"]}) == 2:  # none, alie
+                raise KeyboardInterrupt
+
+        return real(config, **{**kwargs, "on_progress": stop})
+
+    monkeypatch.setattr(rb, "measure_robustness", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rb.main(["--preset", "tiny", "--out", str(out), "--quiet"])
+    stopped = json.loads(out.read_text())["sweep"]
+    assert {r["attack"] for r in stopped["runs"]} == {"none", "alie"}
+    assert not (tmp_path / "robustness.json.part").exists()
+    monkeypatch.setattr(rb, "measure_robustness", real)
+    assert rb.main(["--preset", "tiny", "--out", str(out), "--quiet"]) == 1  # no --resume
+    assert "--resume" in capsys.readouterr().err
+    assert rb.main(["--preset", "tiny", "--out", str(out), "--quiet", "--resume"]) == 0
+    done = json.loads(out.read_text())
+    assert done["resumed"]["reproduced"]["max_difference"] == 0.0
+    assert _curves(done["sweep"]) == _curves(real(TWO_ATTACKS))
+    bad = ["--preset", "tiny", "--out", str(out), "--quiet", "--resume", "--steps", "60"]
+    before = out.read_text()
+    assert rb.main(bad) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[-1] and "steps" in err[-1]
+    assert out.read_text() == before
