@@ -1987,6 +1987,22 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def split_specs(text: str) -> tuple[str, ...]:
+    """``"alie,optimal_ipm:low=0.1,high=100,mimic"`` -> the three specs.
+
+    A piece with ``=`` and no ``:`` is the next parameter of the spec before it.
+    """
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if specs and "=" in piece and ":" not in piece:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return tuple(specs)
+
+
 def _table_value(cell: dict | None) -> str:
     if cell is None:
         return "nan"
@@ -2081,7 +2097,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["steps"] = args.steps
     for name in ("aggregators", "attacks", "heterogeneity"):
         if getattr(args, name) is not None:
-            overrides[name] = tuple(v.strip() for v in getattr(args, name).split(",") if v.strip())
+            overrides[name] = split_specs(getattr(args, name))
     if args.byzantine is not None:
         overrides["byzantine"] = tuple(int(v) for v in args.byzantine.split(",") if v.strip())
     try:

@@ -449,3 +449,14 @@ def test_main_resumes_an_interrupted_sweep(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot resume" in err[-1] and "steps" in err[-1]
     assert out.read_text() == before
+
+
+def test_split_specs_keeps_each_attack_with_its_parameters():
+    text = "ipm:epsilon=1.0, optimal_ipm:low=0.1,high=100.0,points=12,alie,,min_max"
+    assert rb.split_specs(text) == (
+        "ipm:epsilon=1.0",
+        "optimal_ipm:low=0.1,high=100.0,points=12",
+        "alie",
+        "min_max",
+    )
+    assert rb.split_specs(",".join(rb.MINI_ATTACKS)) == rb.MINI_ATTACKS
