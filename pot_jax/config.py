@@ -340,7 +340,8 @@ class ProtocolConfig(_LearningConfig):
     byzantine_fraction: float = _help("fraction of workers that are Byzantine", 0.25)
     attack: str = _help(
         "what Byzantine workers do, NAME[:key=value,...] or package.module:factory "
-        "(e.g. scaled:factor=-4)",
+        "(e.g. scaled:factor=-4); an attack that searches against a rule (optimal_alie, "
+        "optimal_ipm) targets --aggregation unless given rule=RULE (';' between its parameters)",
         "alie",
         registry="attack",
     )
@@ -412,8 +413,8 @@ class ProtocolConfig(_LearningConfig):
             raise ConfigError(f"budget = {self.budget!r}: expected a value in (0, 1]")
         if self.pattern not in ("linear", "all_to_all"):
             raise ConfigError(f"pattern = {self.pattern!r}: expected 'linear' or 'all_to_all'")
-        for name in ("attack", "validator_strategy"):
-            _canonical_component(self, name)
+        self._check_attack()
+        _canonical_component(self, "validator_strategy")
         run_level = {
             "budget": self.budget,
             "mode": self.mode,
@@ -455,6 +456,24 @@ class ProtocolConfig(_LearningConfig):
                     f"keys = {self.keys!r} and run_dir = {self.run_dir!r} overlap: secret keys "
                     "never live inside a run directory, nor a run inside a key directory"
                 )
+
+    def _check_attack(self) -> None:
+        """Canonical attack spec, built once so a bad parameter fails here, not in round 0.
+
+        An attack that searches against an aggregation rule and names none
+        gets the run's ``aggregation`` (``pot_jax.attacks.attack_defaults``).
+        """
+        from pot_jax.attacks.workers import attack_defaults, build_attack
+
+        try:
+            defaults = attack_defaults(self.attack, aggregation=self.aggregation)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        _canonical_component(self, "attack", extra=defaults)
+        try:
+            build_attack(self.attack, aggregation=self.aggregation)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def _check_ignored_flags(self) -> None:
         """A run-level flag the chosen scheme does not read is an error, not a silent no-op."""

@@ -133,6 +133,22 @@ def test_audit_of_a_missing_run_dir_is_a_usage_error_with_the_path(tmp_path, cap
     assert "--genesis 'beef'" in capsys.readouterr().err
 
 
+def test_train_attacks_the_runs_aggregation_and_refuses_an_unknown_rule(tmp_path, capsys):
+    """``--attack optimal_alie`` needs no rule=: it searches against --aggregation."""
+    run = tmp_path / "pot"
+    flags = ["--rounds", "2", "--aggregation", "nnm+krum:f=2", "--attack", "optimal_alie"]
+    assert main(["train", *PROTOCOL_TINY, *flags, "--run-dir", str(run)]) == 0
+    genesis = json.loads((run / "config.json").read_text())["genesis"]
+    assert genesis["config"]["attack"] == "optimal_alie"
+    assert genesis["attack"].startswith("optimal_alie(rule=nnm+krum:f=2,")
+    assert main(["audit", str(run)]) == 0
+    capsys.readouterr()
+    bad = ["--attack", "optimal_alie:rule=krumm", "--run-dir", str(tmp_path / "bad")]
+    assert main(["train", *PROTOCOL_TINY, *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'krumm'" in err and "krum, multi_krum" in err, err
+
+
 def test_keygen_then_train_with_keys_then_a_pinned_audit(tmp_path, capsys):
     keys = tmp_path / "keys"
     assert main(["keygen", str(keys), "--validators", "4", "--workers", "8"]) == 0

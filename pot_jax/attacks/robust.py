@@ -24,7 +24,8 @@ ByzFL's set (LPD-EPFL ``byzfl.attacks``):
 * ``mimic`` (``Mimic``, Karimireddy et al., ICLR 2022): copies one honest worker.
 * ``optimal_ipm``, ``optimal_alie`` (``Optimal_InnerProductManipulation``,
   ``Optimal_ALittleIsEnough``): ``ipm``/``alie`` with the scale that moves
-  the given aggregation rule's output furthest from the honest mean.
+  the aggregation rule's output furthest from the honest mean; the rule is
+  ``rule=`` or, in a run, the run's aggregation (``build_attack``).
 * ``sign_flip``, ``gaussian``, ``ipm``, ``alie`` and ``label_flip`` are in
   :mod:`pot_jax.attacks.workers` (their docstrings say where ByzFL differs).
 
@@ -275,8 +276,10 @@ def optimal_ipm(*, rule: Any, low: float = 1e-2, high: float = 1e3, points: int 
     """IPM with a searched epsilon (ByzFL's ``Optimal_InnerProductManipulation``).
 
     Sends ``-epsilon * mean`` with the epsilon that maximises
-    :func:`aggregate_deviation` under ``rule`` (the run's aggregation, e.g.
-    ``"krum:f=3"`` or ``"multi_krum:f=3;m=5"``), tried over
+    :func:`aggregate_deviation` under ``rule`` (a spec such as ``"krum:f=3"``
+    or ``"multi_krum:f=3;m=5"``, or an ``AggregationRule``; a run passes its
+    own aggregation unless the attack's spec names one, as ByzFL's attacks
+    search the run's aggregator: :func:`~pot_jax.attacks.build_attack`), tried over
     :func:`scale_grid` from ``ipm``'s default 0.1: ``points + 1`` calls of
     the rule per round. ByzFL searches by expansion then contraction
     (20 evaluations from 0 with step 10, aggregating after a clipping
@@ -308,7 +311,8 @@ def optimal_alie(*, rule: Any, low: float = 1e-2, high: float = 1e3, points: int
     """ALIE with a searched z (ByzFL's ``Optimal_ALittleIsEnough``).
 
     Sends ``mean - z * std`` (as ``alie``) with the z that maximises
-    :func:`aggregate_deviation` under ``rule``, tried over :func:`scale_grid`
+    :func:`aggregate_deviation` under ``rule`` (as for ``optimal_ipm``: in a
+    run, the run's aggregation unless named), tried over :func:`scale_grid`
     from ``alie``'s default ``alie_z(W, f)``. ByzFL writes ``mean + tau * std``
     with the unbiased std; the sign is immaterial to the search's reach.
     """

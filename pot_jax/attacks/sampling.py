@@ -203,7 +203,9 @@ def sample_aware(
         attacker and will not report it, so their samples are ignored
         (``"0;2"``, or an int); default none, which is always safe.
       rule: the aggregation rule handed to ``inner`` when it searches
-        against one and its spec names none (``optimal_alie``, ``optimal_ipm``).
+        against one and its spec names none (``optimal_alie``, ``optimal_ipm``);
+        in a run, the run's aggregation unless given
+        (:func:`~pot_jax.attacks.build_attack`).
     """
     knows = _choice("sample_aware", "knows", knows, SAMPLE_KNOWLEDGE)
     p = _real("sample_aware", "p", p, expect="a number in [0, 1]", ok=lambda v: 0 <= v <= 1)

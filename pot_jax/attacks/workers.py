@@ -60,7 +60,7 @@ import numpy as np
 
 from pot_jax.learning.encoding import flat_digest
 from pot_jax.learning.steps import Learner
-from pot_jax.registry import Registry
+from pot_jax.registry import Registry, parse_spec
 
 __all__ = [
     "ATTACK_NAMES",
@@ -71,6 +71,8 @@ __all__ = [
     "AttackContext",
     "alie",
     "alie_z",
+    "attack_defaults",
+    "build_attack",
     "cheat_sometimes",
     "choose_byzantine",
     "commitment_of",
@@ -460,17 +462,26 @@ def wrong_shape(*, kind: str = "random") -> Attack:
 # --------------------------------------------------------------------------- #
 
 
-def cheat_sometimes(*, attack: Attack | str = "sign_flip", q: float = 0.5) -> Attack:
+def cheat_sometimes(
+    *, attack: Attack | str = "sign_flip", q: float = 0.5, rule: Any = None
+) -> Attack:
     """Honest except in a fraction ``q`` of rounds, where it runs ``attack``.
 
     Each round the worker cheats iff ``rng.random() < q``, so with a
     per-round, per-worker generator the decision is independent across rounds
     (and of the validators' samples, which the worker cannot predict).
+    ``rule`` is handed to an ``attack`` named by a string that searches
+    against an aggregation rule (``optimal_alie``); in a run it defaults to
+    the run's aggregation (:func:`attack_defaults`).
     """
     if isinstance(attack, str):
         if attack == "cheat_sometimes":
             raise ValueError("cheat_sometimes: attack = 'cheat_sometimes', expected another attack")
-        inner = make_attack(attack)
+        factory = _FACTORIES.get(attack)
+        searches = factory is not None and "rule" in inspect.signature(factory).parameters
+        inner = (
+            make_attack(attack, rule=rule) if searches and rule is not None else make_attack(attack)
+        )
     elif isinstance(attack, Attack):
         inner = attack
     else:
@@ -531,6 +542,41 @@ def make_attack(name: str, **params: Any) -> Attack:
         if key not in accepted:
             raise ValueError(f"attack {name} has no parameter {key!r}; it takes {takes}")
     return factory(**params)
+
+
+def attack_defaults(text: str, *, aggregation: Any, flag: str = "--attack") -> dict[str, Any]:
+    """What the attack ``text`` names takes from its run when its spec does not say.
+
+    An attack whose factory has a ``rule`` parameter searches against an
+    aggregation rule (``optimal_ipm``, ``optimal_alie``; ``sample_aware`` and
+    ``cheat_sometimes`` hand it to such an inner attack). Like ByzFL's optimal
+    attacks, it attacks the rule the run aggregates with: this returns
+    ``{"rule": aggregation}`` for it, unless the spec names a rule (an
+    override, e.g. ``optimal_alie:rule=krum:f=3``), and ``{}`` for any other
+    attack. Raises ValueError for a spec that names no attack.
+    """
+    spec = parse_spec(text, flag=flag)
+    factory = ATTACKS.factory(spec, flag=flag)
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without a signature takes no run defaults
+        return {}
+    if "rule" not in parameters or "rule" in spec.kwargs:
+        return {}
+    return {"rule": aggregation}
+
+
+def build_attack(text: str, *, aggregation: Any, flag: str = "--attack") -> Attack:
+    """The attack ``text`` names, built for a run that aggregates with ``aggregation``.
+
+    ``aggregation`` (a rule spec such as ``"nnm+krum:f=3"``, or an
+    ``AggregationRule``) is the rule a searching attack targets unless its
+    spec names another (:func:`attack_defaults`); ``Attack.label`` says which
+    rule it searched against. The runner, the config check and the audit
+    build a run's attack this way.
+    """
+    defaults = attack_defaults(text, aggregation=aggregation, flag=flag)
+    return ATTACKS.build(text, flag=flag, **defaults)
 
 
 def choose_byzantine(n_workers: int, fraction: float, seed: int) -> tuple[int, ...]:

@@ -55,8 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from pot_jax.attacks import AttackContext, choose_byzantine
-from pot_jax.attacks.workers import ATTACKS
+from pot_jax.attacks import AttackContext, build_attack, choose_byzantine
 from pot_jax.config import LOCAL_FIELDS, ProtocolConfig
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, aggregate_votes
 from pot_jax.crypto.worker_signatures import worker_signature_scheme
@@ -360,7 +359,13 @@ class ProtocolRun:
         W, n = config.workers, config.validators
         self.signature_scheme = worker_signature_scheme()
         self.byzantine_workers = choose_byzantine(W, config.byzantine_fraction, config.seed)
-        attack = ATTACKS.build(config.attack, flag="--attack") if self.byzantine_workers else None
+        attack = (
+            build_attack(config.attack, aggregation=config.aggregation)
+            if self.byzantine_workers
+            else None
+        )
+        # What the Byzantine workers run, searched-against rule included (signed in the genesis).
+        self.attack_label = None if attack is None else attack.label
         self.collusion = (
             "honest_gradients"
             if attack is not None and attack_knowledge(attack) == "colluding"
@@ -481,6 +486,7 @@ class ProtocolRun:
             "tolerance_threshold": self.scheme.threshold,
             "calibration": self.calibration,
             "byzantine_workers": list(self.byzantine_workers),
+            "attack": self.attack_label,
             "collusion": self.collusion,
             "data_digest": dataset_digest(self.data),
         }

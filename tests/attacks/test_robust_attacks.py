@@ -22,13 +22,17 @@ from pot_jax.attacks import (
     AttackContext,
     aggregate_deviation,
     alie_z,
+    attack_defaults,
+    build_attack,
     fang_krum_lambda,
     make_attack,
     mimic_target,
     scale_grid,
     shejwalkar_gamma,
 )
+from pot_jax.config import ConfigError, ProtocolConfig
 from pot_jax.learning import (
+    RULE_NAMES,
     BatchAssigner,
     iid_partition,
     load_dataset,
@@ -535,3 +539,48 @@ def test_new_attacks_reject_bad_parameters_with_clear_errors():
             call()
     with pytest.raises(ValueError, match="only 7 honest workers"):
         _send(make_attack("mimic", target=7), _ctx())
+
+
+# --------------------------------------------------------------------------- #
+# The rule a searching attack targets: the run's aggregation unless named
+# --------------------------------------------------------------------------- #
+
+
+def test_only_searching_attacks_that_name_no_rule_take_the_runs_aggregation():
+    run = "nnm+krum:f=3"
+    for spec in (
+        "optimal_alie",
+        "optimal_ipm:points=5",
+        "sample_aware:inner=optimal_ipm",
+        "cheat_sometimes:attack=optimal_alie",
+    ):
+        assert attack_defaults(spec, aggregation=run) == {"rule": run}, spec
+        assert f"rule={run}" in build_attack(spec, aggregation=run).label, spec
+    for spec in ("optimal_alie:rule=krum:f=2", "min_max", "fang_krum", "mimic", "sign_flip"):
+        assert attack_defaults(spec, aggregation=run) == {}, spec
+    assert "rule=krum:f=2" in build_attack("optimal_alie:rule=krum:f=2", aggregation=run).label
+
+
+def test_the_default_rule_crafts_what_the_same_rule_named_explicitly_crafts():
+    """Default = explicit rule of the same aggregation; another aggregation crafts another row."""
+    ctx = _ctx()
+    for name in ("optimal_alie", "optimal_ipm"):
+        default = _send(build_attack(name, aggregation="krum:f=2"), ctx)
+        named = _send(build_attack(f"{name}:rule=krum:f=2", aggregation="mean"), ctx)
+        other = _send(build_attack(name, aggregation="mean"), ctx)
+        assert np.array_equal(default, named), name
+        assert not np.array_equal(default, other), name
+
+
+def test_an_unknown_rule_is_refused_in_one_line_naming_the_valid_rules():
+    for call in (
+        lambda: ProtocolConfig(attack="optimal_alie:rule=krumm"),
+        lambda: ProtocolConfig(attack="sample_aware:rule=krumm,inner=optimal_ipm"),
+        lambda: build_attack("optimal_ipm:rule=krumm", aggregation="mean"),
+    ):
+        with pytest.raises(ValueError, match="'krumm': unknown aggregation rule") as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and all(rule in message for rule in RULE_NAMES), message
+    with pytest.raises(ConfigError, match="needs parameter 'threshold'"):
+        ProtocolConfig(attack="drift")  # run defaults give a rule, never other parameters

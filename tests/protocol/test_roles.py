@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 from protocol_tiny import TINY
 
@@ -23,7 +24,7 @@ from pot_jax.protocol.audit import Status, audit
 from pot_jax.protocol.keys import derived_keys
 from pot_jax.protocol.messages import MessageError, Report, RoundInputs, encode_proposal
 from pot_jax.protocol.records import RoundRecord
-from pot_jax.protocol.runner import TRANSCRIPT_NAME, run_protocol
+from pot_jax.protocol.runner import TRANSCRIPT_NAME, ProtocolRun, run_protocol
 from pot_jax.protocol.transcript import (
     RecordKind,
     TranscriptReader,
@@ -263,6 +264,38 @@ def test_an_attack_that_needs_only_its_own_gradient_gets_no_other_rows(tmp_path)
     ]
     assert genesis[0]["collusion"] == "none"
     assert genesis[1]["collusion"] == "honest_gradients"
+
+
+def _round0_byzantine_rows(tmp_path, name, **fields):
+    """What the run's Byzantine nodes send in round 0, and the attack label its genesis signs."""
+    config = ProtocolConfig(
+        **{**TINY, "rounds": 1, "keys": "derived", "byzantine_validators": "", **fields},
+        run_dir=str(tmp_path / name),
+    )
+    run = ProtocolRun(config)
+    submissions, wrong, _ = run._submissions(0, run.batches.of_round(0))
+    assert wrong == set(run.byzantine_workers) and wrong
+    rows = {w: np.asarray(submissions[w].gradient) for w in sorted(wrong)}
+    return rows, run.header()["genesis"]["attack"]
+
+
+def test_a_searching_attack_targets_the_runs_aggregation_unless_given_a_rule(tmp_path):
+    """optimal_alie with no rule= attacks --aggregation; the genesis signs which rule it searched."""
+    krum, krum_label = _round0_byzantine_rows(
+        tmp_path, "krum", attack="optimal_alie", aggregation="nnm+krum:f=2"
+    )
+    mean, mean_label = _round0_byzantine_rows(
+        tmp_path, "mean", attack="optimal_alie", aggregation="mean"
+    )
+    named, named_label = _round0_byzantine_rows(
+        tmp_path, "named", attack="optimal_alie:rule=nnm+krum:f=2", aggregation="mean"
+    )
+    assert krum_label.startswith("optimal_alie(rule=nnm+krum:f=2,")
+    assert mean_label.startswith("optimal_alie(rule=mean,")
+    assert named_label == krum_label
+    for w in krum:
+        assert not np.array_equal(krum[w], mean[w])
+        assert np.array_equal(krum[w], named[w])
 
 
 def test_report_decoding_refuses_non_canonical_bytes(tmp_path):
