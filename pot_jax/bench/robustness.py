@@ -1049,6 +1049,8 @@ def measure_robustness(
     start = time.perf_counter()
     meta = run_metadata()  # at the start: the commit that ran, not one made meanwhile
     done = {_run_key(r) for r in previous["runs"]} if previous else set()
+    if previous and len(done) != len(previous["runs"]):
+        raise ValueError("previous holds two runs of the same cell, attack and seed")
     sessions = list(_sessions(previous)) if previous else []
     kept = len(done)
     data = _load(config)
@@ -1137,6 +1139,7 @@ def measure_robustness(
                             **_metric_rows(accs[i], config.eval_every),
                             "caught_rounds": [int(c) for c in caught[i]],
                             "finite": bool(finite[i]),
+                            "session": len(sessions),
                         }
                     )
             seconds = round(time.perf_counter() - t0, 2)
@@ -1219,6 +1222,8 @@ def resume_config(config: RobustnessConfig, previous: dict) -> RobustnessConfig:
         previous["runs"]
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a robustness sweep result (missing {err})") from None
+    if len({_run_key(r) for r in previous["runs"]}) != len(previous["runs"]):
+        raise ValueError("it holds two runs of the same cell, attack and seed")
     ours = json.loads(json.dumps(dataclasses.asdict(config)))
     differ = sorted(
         name
@@ -1246,48 +1251,59 @@ REPRODUCE_TOLERANCE = 0.0
 def check_reproduces(
     config: RobustnessConfig, previous: dict, *, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Re-run the first stored call of ``previous`` here and compare it with what is stored.
+    """Re-run one call's worth of each session's runs of ``previous``; compare with the stored.
 
     A resumed sweep puts runs made by this code on this machine beside runs
-    made by another commit or machine; that is sound only if both compute
-    the same thing. The first call of ``previous`` (its first attack run's
-    aggregator, f and attack, and the rows that shared its vmapped call) is
-    run again; raises ValueError if any accuracy curve differs from the
-    stored one by more than :data:`REPRODUCE_TOLERANCE`. Returns what was
-    compared.
+    made by other commits or machines; that is sound only if all compute the
+    same thing. For every session of ``previous`` (``sessions``; a file
+    without them is one session), the runs of its first attacked
+    (aggregator, f, attack), at most ``runs_per_call`` of them, are run
+    again (a run's result does not depend on which runs share its vmapped
+    call). Raises ValueError if any accuracy curve differs from the stored
+    one by more than :data:`REPRODUCE_TOLERANCE`. This catches code or
+    platform drift; it does not authenticate the file (anyone who can write
+    it can write any runs). Returns what was compared.
     """
-    stored_cfg = previous["config"]
-    first = next((r for r in previous["runs"] if r["attack"] != NO_ATTACK), None)
-    if first is None:
-        return {"runs": 0, "max_difference": None}
-    axes = {name: tuple(map(_hashable, stored_cfg[name])) for name in GRID_FIELDS}
-    axes.update(
-        aggregators=(first["aggregator"],), byzantine=(first["f"],), attacks=(first["attack"],)
-    )
-    trial = dataclasses.replace(config, **axes, runs_per_call=stored_cfg["runs_per_call"])
-    chunk = _run_rows(trial, trial.verifications)[: trial.runs_per_call]
-    head = (first["aggregator"], first["f"], first["attack"])
-    wanted = {(*head, *row) for row in chunk}
-    stored = {_run_key(r): r for r in previous["runs"] if _run_key(r) in wanted}
-    if len(stored) != len(wanted):
-        return {"runs": 0, "max_difference": None}  # not made in calls of this shape
-    kept = [r for r in previous["runs"] if _run_key(r) not in wanted]
-    again = measure_robustness(trial, previous={**previous, "runs": kept, "timings": []})
-    fresh = {_run_key(r): r for r in again["runs"] if _run_key(r) in wanted}
-    worst = max(
-        float(np.max(np.abs(np.subtract(fresh[k]["accuracy"], stored[k]["accuracy"]))))
-        for k in wanted
-    )
-    summary = {"runs": len(wanted), "of": list(head), "max_difference": round(worst, 4)}
-    if log:
-        log(f"re-ran {len(wanted)} stored runs of {head}: largest difference {worst:.4f}")
-    if worst > REPRODUCE_TOLERANCE:
-        raise ValueError(
-            f"its runs do not reproduce here: {len(wanted)} runs of {head} re-run differ by up "
-            f"to {worst:.4f} in accuracy (made at git "
-            f"{str(_sessions(previous)[-1].get('git_commit'))[:10]})"
+    checked, worst = [], 0.0
+    for index, session in enumerate(_sessions(previous)):
+        own = [
+            r for r in previous["runs"] if r.get("session", 0) == index and r["attack"] != NO_ATTACK
+        ]
+        if not own:
+            continue
+        head = _run_key(own[0])[:3]
+        stored = {_run_key(r): r for r in own if _run_key(r)[:3] == head}
+        stored = dict(list(stored.items())[: config.runs_per_call])
+        rows = [key[3:] for key in stored]
+        trial = dataclasses.replace(
+            config,
+            aggregators=(head[0],),
+            byzantine=(head[1],),
+            attacks=(head[2],),
+            heterogeneity=tuple(dict.fromkeys(h for h, _, _ in rows)),
+            seeds=tuple(dict.fromkeys(seed for _, seed, _ in rows)),
+            verifications=tuple(dict.fromkeys(v for _, _, v in rows)),
         )
-    return summary
+        kept = [r for r in previous["runs"] if _run_key(r) not in stored]
+        again = measure_robustness(trial, previous={**previous, "runs": kept, "timings": []})
+        fresh = {_run_key(r): r for r in again["runs"] if _run_key(r) in stored}
+        diff = max(
+            float(np.max(np.abs(np.subtract(fresh[k]["accuracy"], stored[k]["accuracy"]))))
+            for k in stored
+        )
+        worst = max(worst, diff)
+        commit = str(session.get("git_commit"))[:10]
+        checked.append(
+            {"session": index, "git_commit": commit, "of": list(head), "runs": len(rows)}
+        )
+        if log:
+            log(f"re-ran {len(rows)} runs of {head} (git {commit}): largest difference {diff:.4f}")
+        if diff > REPRODUCE_TOLERANCE:
+            raise ValueError(
+                f"its runs do not reproduce here: {len(rows)} runs of {head} made at git "
+                f"{commit} re-run differ by up to {diff:.4f} in accuracy"
+            )
+    return {"checked": checked, "max_difference": round(worst, 4) if checked else None}
 
 
 def _cell(runs: list[dict], metric: str) -> dict[str, Any]:

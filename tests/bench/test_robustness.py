@@ -394,14 +394,27 @@ def test_resume_refuses_a_sweep_made_with_another_setting():
 
 
 def test_resume_refuses_stored_runs_that_do_not_reproduce():
-    """A tampered (or differently computed) stored run is found by re-running its call."""
+    """Runs computed differently (or tampered) are found by re-running some of each session's."""
     first = rb.measure_robustness(ONE_ATTACK)
-    config = rb.resume_config(TWO_ATTACKS, first)
-    assert rb.check_reproduces(config, first)["max_difference"] == 0.0
-    target = next(r for r in first["runs"] if r["attack"] == "alie")
-    target["accuracy"] = [a + 0.01 for a in target["accuracy"]]
-    with pytest.raises(ValueError, match="do not reproduce here"):
-        rb.check_reproduces(config, first)
+    both = rb.measure_robustness(rb.resume_config(TWO_ATTACKS, first), previous=first)
+    assert {r["session"] for r in both["runs"]} == {0, 1}
+    config = rb.resume_config(TWO_ATTACKS, both)
+    check = rb.check_reproduces(config, both)
+    assert check["max_difference"] == 0.0
+    assert [(c["session"], c["of"][2]) for c in check["checked"]] == [
+        (0, "alie"),
+        (1, "ipm:epsilon=10.0"),
+    ]
+    for attack, session in (("alie", 0), ("ipm:epsilon=10.0", 1)):  # either session's drift
+        tampered = json.loads(json.dumps(both))
+        target = next(r for r in tampered["runs"] if r["attack"] == attack)
+        assert target["session"] == session
+        target["accuracy"] = [a + 0.01 for a in target["accuracy"]]
+        with pytest.raises(ValueError, match="do not reproduce here"):
+            rb.check_reproduces(config, tampered)
+    doubled = {**both, "runs": both["runs"] + both["runs"][-1:]}
+    with pytest.raises(ValueError, match="two runs of the same cell"):
+        rb.resume_config(TWO_ATTACKS, doubled)
 
 
 def test_an_incomplete_cell_is_marked_and_left_out_of_the_goal():
@@ -442,6 +455,7 @@ def test_main_resumes_an_interrupted_sweep(tmp_path, capsys, monkeypatch):
     assert rb.main(["--preset", "tiny", "--out", str(out), "--quiet", "--resume"]) == 0
     done = json.loads(out.read_text())
     assert done["resumed"]["reproduced"]["max_difference"] == 0.0
+    assert len(done["resumed"]["reproduced"]["checked"]) == 1
     assert _curves(done["sweep"]) == _curves(real(TWO_ATTACKS))
     bad = ["--preset", "tiny", "--out", str(out), "--quiet", "--resume", "--steps", "60"]
     before = out.read_text()
