@@ -19,7 +19,7 @@ from experiments.common import (
     save_figure,
     write_jsonl,
 )
-from pot_jax.bench.robustness import PRESETS, RobustnessConfig, summarize_runs
+from pot_jax.bench.robustness import PRESETS, RobustnessConfig, resume_config, summarize_runs
 
 NAME = "f6_robustness"
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,9 @@ class Config:
     spot-check model (``pot_jax.bench.robustness``), beside each aggregator's no-attack
     accuracy. ``sweep`` is the benchmark's config; ``source`` a result file of
     ``python -m pot_jax.bench.robustness`` that is read instead of re-running the sweep
-    when it holds exactly this config.
+    when it was made with this config's setting (the sweep there may have grown past
+    ``sweep``'s grid with ``--resume``: then the figure shows the file's grid, and a cell
+    that lacks an attack or a seed is marked as not yet run rather than plotted).
 
     Command: ``pot-jax figures --only f6_robustness --scale paper``.
     Expected: without verification the mean collapses and every rule loses accuracy at
@@ -44,7 +46,7 @@ class Config:
     bound one round's damage reach their own no-attack accuracy; the mean alone does not
     survive the searched attacks' first rounds.
     Runtime: smoke ~20 s (teacher, the ``tiny`` preset); paper: seconds when ``source``
-    holds the ``mini`` sweep, else the sweep itself (~25 min on the shared 2-core CPU).
+    holds the sweep, else the ``mini`` sweep itself (~25 min on the shared 2-core CPU).
     """
 
     sweep: RobustnessConfig
@@ -53,20 +55,32 @@ class Config:
 
 CONFIGS = {
     "smoke": Config(sweep=PRESETS["tiny"]),
-    "paper": Config(sweep=PRESETS["mini"], source="benchmarks/results/robustness.json"),
+    # The mini sweep grown towards the mnist1d preset's grid, session by session.
+    "paper": Config(sweep=PRESETS["mini"], source="benchmarks/results/robustness_mnist1d.json"),
 }
 
 
 def _stored(config: Config) -> dict | None:
-    """The sweep in ``config.source`` if it was made with exactly ``config.sweep``."""
+    """The sweep in ``config.source`` if it was made with ``config.sweep``'s setting."""
     if config.source is None:
         return None
     path = REPO / config.source
     if not path.exists():
         return None
     sweep = json.loads(path.read_text()).get("sweep")
-    wanted = json.loads(json.dumps(dataclasses.asdict(config.sweep)))
-    return sweep if sweep is not None and sweep.get("config") == wanted else None
+    try:
+        resume_config(config.sweep, sweep)
+    except (ValueError, TypeError):
+        return None
+    return sweep
+
+
+def sweep_config(d: dict) -> RobustnessConfig:
+    """A sweep's config from its JSON form (lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(RobustnessConfig)}
+    return RobustnessConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
+    )
 
 
 def run(config: Config, data_dir: Path) -> None:
@@ -79,6 +93,8 @@ def run(config: Config, data_dir: Path) -> None:
         origin = {"kind": "source", "file": None}
     keys = ("utc_time", "git_commit", "jax_version", "device", "wall_seconds", "params")
     origin.update({k: result.get(k) for k in keys})
+    origin["sweep"] = result["config"]  # the grid that was run, which may exceed config.sweep's
+    origin["sessions"] = result.get("sessions", [])
     origin["catch_probability_per_round"] = result["catch_probability_per_round"]
     origin["skipped"] = result["skipped"]
     write_jsonl(
@@ -111,7 +127,8 @@ def _load(data_dir: Path) -> tuple[dict, list[dict], dict]:
 def summary(data_dir: Path) -> list[str]:
     """MEASURED.md's lines for f6 (``experiments.summary`` calls this)."""
     origin, runs, meta = _load(data_dir)
-    s = summarize_runs(runs)
+    grid = _grid(origin, meta)
+    s = summarize_runs(runs, sweep_config(grid))
     ref = s["reference"]
     out = [
         f"source: {origin['file'] or 'this run'} (made {origin['utc_time']}, git "
@@ -126,15 +143,18 @@ def summary(data_dir: Path) -> list[str]:
     fs = sorted({k[1] for k in cells})
     hs = list(ref) or sorted({k[0] for k in cells})
     for agg in dict.fromkeys(r["aggregator"] for r in runs):
-        parts = ["no attack " + " ".join(f"{clean[(h, agg)]['best']['value']:.3f}" for h in hs)]
+        parts = [
+            "no attack "
+            + " ".join(
+                f"{clean[(h, agg)]['best']['value']:.3f}" if (h, agg) in clean else "n/a"
+                for h in hs
+            )
+        ]
         for v in ("none", "spot_check_model"):
             vals = []
             for f in fs:
                 row = [cells.get((h, f, agg, v)) for h in hs]
-                vals.append(
-                    f"f={f} "
-                    + " ".join(f"{c['worst_best']['value']:.3f}" if c else "n/a" for c in row)
-                )
+                vals.append(f"f={f} " + " ".join(_cell_text(c) for c in row))
             parts.append(
                 f"{'spot checks' if v != 'none' else 'no verification'} " + "; ".join(vals)
             )
@@ -148,92 +168,127 @@ def summary(data_dir: Path) -> list[str]:
     return out
 
 
+def _grid(origin: dict, meta: dict) -> dict:
+    """The sweep's config as run (the source's grid), else the figure config's."""
+    return origin.get("sweep") or meta["config"]["sweep"]
+
+
+def _cell_text(cell: dict | None) -> str:
+    if cell is None:
+        return "n/a"
+    if not cell.get("complete", True):
+        return "not run"
+    return f"{cell['worst_best']['value']:.3f}"
+
+
 def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
-    """Two heatmaps (no verification, spot-check model): aggregators x (f, heterogeneity)."""
+    """Heatmaps aggregators x heterogeneity, one per f, without / with the spot-check model.
+
+    Aggregators with no complete attacked cell (a grown sweep not yet run that far)
+    are left out and named in the title; incomplete cells read "not run", cells where
+    the aggregator is not defined (too few inputs for its f) "n/a".
+    """
     origin, runs, meta = _load(data_dir)
-    scale, config = meta["scale"], meta["config"]["sweep"]
-    s = summarize_runs(runs)
+    scale, config = meta["scale"], _grid(origin, meta)
+    s = summarize_runs(runs, sweep_config(config))
     cells = {
         (c["heterogeneity"], c["f"], c["aggregator"], c["verification"]): c for c in s["cells"]
     }
     clean = {(c["heterogeneity"], c["aggregator"]): c for c in s["no_attack"]}
-    aggregators = list(config["aggregators"])
+    done = {agg for (_, _, agg, _), c in cells.items() if c["complete"]}
+    aggregators = [a for a in config["aggregators"] if a in done]
+    pending = [a for a in config["aggregators"] if a not in done]
     hs = list(config["heterogeneity"])
     fs = list(config["byzantine"])
-    columns = [(0, h) for h in hs] + [(f, h) for f in fs for h in hs]
     ref = s["reference"]
     d = origin["catch_probability_per_round"]
     panels = (
-        ("none", "robust aggregation alone (no verification)"),
-        ("spot_check_model", "robust aggregation + spot checks (the spot-check model)"),
+        ("none", "no verification"),
+        ("spot_check_model", "spot checks"),
     )
+    undefined = {(u["f"], u["aggregator"]) for u in origin["skipped"]}
+    ncols = 1 + len(fs)
+    vmax = max([r["best"] for r in runs] + [0.1])
     with figure(
-        2, 1, figsize=(0.95 * len(columns) + 3.4, 2 * (0.42 * len(aggregators) + 1.3) + 1.6)
+        2,
+        ncols,
+        figsize=(
+            ncols * (0.62 * len(hs) + 0.4) + 2.8,
+            2 * (0.4 * len(aggregators) + 1.3) + 2.0,
+        ),
+        squeeze=False,
     ) as (fig, axes):
-        vmax = max([r["best"] for r in runs] + [0.1])
-        for ax, (v, title) in zip(axes, panels, strict=True):
-            grid = np.full((len(aggregators), len(columns)), np.nan)
-            text = [["n/a"] * len(columns) for _ in aggregators]
-            bold = np.zeros(grid.shape, bool)
-            for i, agg in enumerate(aggregators):
-                for j, (f, h) in enumerate(columns):
-                    c = clean.get((h, agg)) if f == 0 else cells.get((h, f, agg, v))
-                    if c is None:
-                        continue
-                    c = c["best"] if f == 0 else c["worst_best"]
-                    grid[i, j] = c["value"]
-                    spread = (
-                        f"\n{c['seed_min']:.2f}-{c['seed_max']:.2f}"
-                        if c["seed_min"] != c["seed_max"]
-                        else ""
-                    )
-                    text[i][j] = f"{c['value']:.3f}{spread}"
-                    bold[i, j] = f > 0 and h in ref and c["value"] >= ref[h]["best"] - 0.02
-            im = ax.imshow(
-                np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto"
-            )
-            ax.grid(False)
-            for i in range(len(aggregators)):
-                for j in range(len(columns)):
-                    value = grid[i, j]
-                    ax.text(
-                        j,
-                        i,
-                        text[i][j],
-                        ha="center",
-                        va="center",
-                        fontsize=6.5,
-                        fontweight="bold" if bold[i, j] else "normal",
-                        color="0.5" if np.isnan(value) else ("w" if value < 0.55 * vmax else "k"),
-                    )
-            for x in range(len(hs), len(columns), len(hs)):
-                ax.axvline(x - 0.5, color="w", lw=2.5)
-            ax.set_xticks(
-                range(len(columns)),
-                [
-                    ("no attack\n" if f == 0 else f"f = {f}\n") + _heterogeneity_label(h)
-                    for f, h in columns
-                ],
-                fontsize=7,
-            )
-            ax.set_yticks(
-                range(len(aggregators)), [aggregator_label(a) for a in aggregators], fontsize=7
-            )
-            ax.tick_params(length=0)
-            ax.set_xlabel(
-                "f Byzantine workers; heterogeneity γ (1: IID; 0: one label block per worker)",
-                fontsize=8,
-            )
-            ax.set_ylabel("aggregator (pre-aggregators + rule)", fontsize=8)
-            ax.set_title(title, fontsize=9)
-            fig.colorbar(im, ax=ax, label="test accuracy", shrink=0.9)
+        for row, (v, title) in enumerate(panels):
+            for col, f in enumerate([0, *fs]):
+                ax = axes[row, col]
+                if f == 0 and row == 1:
+                    ax.axis("off")
+                    ax.text(0.5, 0.5, "no attack:\nas above", ha="center", va="center")
+                    continue
+                grid = np.full((len(aggregators), len(hs)), np.nan)
+                text = [
+                    ["n/a" if (f, agg) in undefined else "not run"] * len(hs) for agg in aggregators
+                ]
+                bold = np.zeros(grid.shape, bool)
+                for i, agg in enumerate(aggregators):
+                    for j, h in enumerate(hs):
+                        c = clean.get((h, agg)) if f == 0 else cells.get((h, f, agg, v))
+                        if c is None:
+                            continue
+                        if not c.get("complete", True):
+                            text[i][j] = "not run"
+                            continue
+                        c = c["best"] if f == 0 else c["worst_best"]
+                        grid[i, j] = c["value"]
+                        spread = (
+                            f"\n{c['seed_min']:.2f}-{c['seed_max']:.2f}"
+                            if c["seed_min"] != c["seed_max"]
+                            else ""
+                        )
+                        text[i][j] = f"{c['value']:.3f}{spread}"
+                        bold[i, j] = f > 0 and h in ref and c["value"] >= ref[h]["best"] - 0.02
+                im = ax.imshow(
+                    np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto"
+                )
+                ax.grid(False)
+                for i in range(len(aggregators)):
+                    for j in range(len(hs)):
+                        value = grid[i, j]
+                        ax.text(
+                            j,
+                            i,
+                            text[i][j],
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            fontweight="bold" if bold[i, j] else "normal",
+                            color="0.5"
+                            if np.isnan(value)
+                            else ("w" if value < 0.55 * vmax else "k"),
+                        )
+                ax.set_xticks(range(len(hs)), [_heterogeneity_label(h) for h in hs], fontsize=7)
+                first = col == 0 or (row == 1 and col == 1)
+                ax.set_yticks(
+                    range(len(aggregators)),
+                    [aggregator_label(a) for a in aggregators] if first else [],
+                    fontsize=7,
+                )
+                ax.tick_params(length=0)
+                ax.set_title(
+                    "no attack (honest workers alone)" if f == 0 else f"f = {f}, {title}",
+                    fontsize=8,
+                )
+                if row == 1:
+                    ax.set_xlabel("heterogeneity", fontsize=7)
+        fig.colorbar(im, ax=axes, label="test accuracy", shrink=0.6)
         seeds = len(config["seeds"])
         hidden = "-".join(str(w) for w in config["hidden"])
         model = f"MLP ({hidden})" if config["model"] == "mlp" else config["model"]
         lines = [
             f"Worst case over {len(config['attacks'])} attacks of the best seed-mean test "
             f"accuracy (ByzFL's heatmap value); below it the range over {seeds} "
-            f"seed{'s' if seeds != 1 else ''}; bold: within 2 points of the no-attack mean",
+            f"seed{'s' if seeds != 1 else ''}; bold: within 2 points of the no-attack mean; "
+            "γ: gamma-similarity (1: IID, 0: one label block per worker), α: Dirichlet",
             f"{display_name(config['dataset'])}, {model} with {origin['params']:,} parameters; "
             f"{config['honest']} honest workers + f Byzantine; batch {config['batch_size']}, "
             f"{config['steps']} steps of SGD (lr {config['learning_rate']:g}, weight decay "
@@ -243,6 +298,8 @@ def plot(data_dir: Path, fig_dir: Path) -> list[Path]:
             f"with probability {d:.3f} a round and banned when caught",
             "attacks: " + ", ".join(config["attacks"]),
         ]
+        if pending:
+            lines.append("not run yet: " + ", ".join(aggregator_label(a) for a in pending))
         width = int(fig.get_figwidth() * 13)
         fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=8)
         return save_figure(fig, fig_dir, NAME, scale=scale)

@@ -213,3 +213,41 @@ def test_a_failing_figure_leaves_the_previous_files_in_place(tmp_path, monkeypat
     monkeypatch.setattr(experiments, "load", load)
     run_figures(["f3_cost"], "smoke", tmp_path)  # the leftover staging dir is no obstacle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MEASURED.md", "f3_cost"]
+
+
+def test_f6_reads_a_grown_sweep_of_its_setting_and_marks_what_is_not_run(tmp_path, monkeypatch):
+    """f6 plots a sweep grown with --resume; a sweep of another setting is not its source."""
+    import json
+
+    from experiments.common import write_metadata
+    from pot_jax.bench import robustness as rb
+
+    f6 = load("f6_robustness")
+    small = dataclasses.replace(rb.PRESETS["tiny"], aggregators=("mean",), attacks=("alie",))
+    grown = dataclasses.replace(small, aggregators=("mean", "trimmed_mean"))
+    result = rb.measure_robustness(small)
+    result["config"] = json.loads(json.dumps(dataclasses.asdict(grown)))  # as a resume leaves it
+    source = tmp_path / "sweep.json"
+    source.write_text(json.dumps({"sweep": result}))
+    assert f6._stored(f6.Config(sweep=small, source=str(source))) is not None
+    other = dataclasses.replace(small, learning_rate=0.05)
+    assert f6._stored(f6.Config(sweep=other, source=str(source))) is None
+    data_dir = tmp_path / "data"
+    f6.run(f6.Config(sweep=small, source=str(source)), data_dir)
+    write_metadata(
+        data_dir,
+        name=f6.NAME,
+        scale="smoke",
+        config=f6.Config(sweep=small),
+        seeds=[0],
+        wall_seconds=0.0,
+    )
+    titles = []
+    monkeypatch.setattr(
+        f6, "save_figure", lambda fig, *a, **k: titles.append(fig.get_suptitle()) or []
+    )
+    f6.plot(data_dir, tmp_path / "fig")
+    assert "not run yet: trimmed mean" in titles[0].replace("\n", " ")
+    summary = f6.summary(data_dir)
+    assert any(line.startswith("mean:") for line in summary)
+    assert not any(line.startswith("trimmed_mean:") for line in summary)  # never run
