@@ -122,8 +122,13 @@ def attacked_round(
     *,
     seed: int = 0,
     stale_params=None,
+    n_validators: int = N_VALIDATORS,
 ) -> tuple[dict[int, Submission], dict[int, object]]:
-    """Submissions of a round where ``byzantine`` run ``attack``; also what each sent."""
+    """Submissions of a round where ``byzantine`` run ``attack``; also what each sent.
+
+    The attackers know the committee size ``n_validators`` and the chain id
+    (public), as in a protocol run.
+    """
     actx = AttackContext(
         learner=LEARNER,
         params=ctx.params,
@@ -132,6 +137,8 @@ def attacked_round(
         round=ctx.round,
         byzantine=byzantine,
         stale_params=STALE_PARAMS if stale_params is None else stale_params,
+        n_validators=n_validators,
+        chain_id=ctx.chain_id,
     )
     submissions, sent = {}, {}
     for w in range(W):
