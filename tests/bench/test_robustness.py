@@ -474,3 +474,30 @@ def test_split_specs_keeps_each_attack_with_its_parameters():
         "min_max",
     )
     assert rb.split_specs(",".join(rb.MINI_ATTACKS)) == rb.MINI_ATTACKS
+
+
+def test_the_mnist_preset_runs_on_mnist_files_with_byzfls_cnn(tmp_path):
+    """ByzFL's published setting runs from --data-dir (synthetic IDX files here: no MNIST)."""
+    from tests.learning.test_datasets import make_idx_dir
+
+    make_idx_dir(tmp_path, n_train=200, n_test=20)
+    config = dataclasses.replace(
+        rb.PRESETS["mnist"],
+        data_dir=str(tmp_path),
+        byzantine=(1,),
+        heterogeneity=("gamma:0.0",),
+        aggregators=("trimmed_mean",),
+        attacks=("alie",),
+        steps=4,
+        eval_every=2,
+        seeds=(0,),
+    )
+    result = rb.measure_robustness(config)
+    assert result["params"] == 431_080  # ByzFL's cnn_mnist: conv 20 and 50 of 5x5, dense 500
+    assert result["n_train"] == 160  # ByzFL keeps 20% of the training set for validation
+    assert {(r["attack"], r["verification"]) for r in result["runs"]} == {
+        ("none", "none"),
+        ("alie", "none"),
+        ("alie", "spot_check_model"),
+    }
+    assert all(r["finite"] and len(r["accuracy"]) == 3 for r in result["runs"])  # steps 0, 2, 4
