@@ -20,20 +20,38 @@ two explicit knowledge levels, ``knows``:
   caught.
 * ``"blind"``: secret keys (``random`` or ``files``), the real setting. It
   cannot predict the samples, so in each round it attacks with probability
-  ``p`` (its own coin: the per-worker, per-round generator) and is honest
-  otherwise; the first time an honest validator samples it while it attacks,
-  it is caught and banned.
+  ``p`` and is honest otherwise; the first time an honest validator samples
+  it while it attacks, it is caught and banned.
 
-Each worker decides for itself, so with p < 1 only some Byzantine workers
-of a round may attack; the inner attack is unchanged (a searching one still
-crafts its vector as if every Byzantine worker sent it).
+Whose coin decides is ``coin`` (``SAMPLE_COINS``):
+
+* ``"own"`` (the default): each worker flips its own (the per-worker,
+  per-round generator), so with p < 1 only some Byzantine workers of a round
+  attack, which weakens attacks that need collusion (ALIE against a trimmed
+  mean needs every Byzantine row on the same side).
+* ``"shared"``: the colluders agreed on a ``seed`` off-protocol and all read
+  one coin per round, :func:`shared_coin` of (seed, round): they attack in
+  the same rounds. The seed is theirs, not the validators', so this costs
+  the validators nothing they keep secret; each worker is still caught at
+  the same rate per attacking round.
+* ``"turns"``: the colluders take turns: in round r only the one of rank
+  ``r mod f`` among the Byzantine workers (``ctx.byzantine``, sorted) may
+  attack, when the shared coin says so; the others are honest. Only one
+  risks a check per round, and each attacks in a fraction p / f of rounds.
+
+``start`` delays every attack to round ``start`` (the run length is public:
+colluders that strike in the last rounds leave the model no time to recover
+before they are banned). The inner attack is unchanged (a searching one
+crafts its vector as if every Byzantine worker sent it, which is true only
+with ``coin="shared"`` and p = 1, or the oracle unsampled).
 
 What it may know is the inner attack's ``knowledge`` (``"own"`` or
 ``"colluding"``, :mod:`pot_jax.attacks.workers`), plus, for ``"oracle"``,
 the validators' secret keys and the run's public spot-check parameters
 (budget, committee size, chain id). It never reads the validators' state.
 
-Depends on ``pot_jax.learning`` only when imported; the oracle imports the
+Depends on ``pot_jax.learning`` only when imported (and JAX, for the shared
+coin, which the benchmark's traced model draws too); the oracle imports the
 VRF selection (``pot_jax.verification``) and the simulation keys
 (``pot_jax.consensus``) when it first runs.
 """
@@ -44,19 +62,52 @@ from collections.abc import Sequence
 from numbers import Integral
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from pot_jax.attacks.workers import ATTACKS, Attack, AttackContext, _choice, _honest_row, _real
 from pot_jax.registry import parse_spec
 
 __all__ = [
+    "SAMPLE_COINS",
     "SAMPLE_KNOWLEDGE",
     "SAMPLING_ATTACK_NAMES",
     "inner_spec",
     "predicted_samples",
     "sample_aware",
+    "shared_attack",
+    "shared_coin",
 ]
 
 SAMPLE_KNOWLEDGE = ("oracle", "blind")
 """Values of ``sample_aware``'s ``knows``: predicts the validators' samples, or cannot."""
+
+SAMPLE_COINS = ("own", "shared", "turns")
+"""Values of ``sample_aware``'s ``coin``: each worker's own, one shared by all, or turns."""
+
+_SHARED_COIN_TAG = 0x5C0  # separates the colluders' coin from any other use of their seed
+
+
+def shared_coin(seed, round_) -> jax.Array:
+    """The colluders' coin of a round: a float32 uniform in [0, 1) of (seed, round) alone.
+
+    Threefry from ``jax.random.key(seed)``, so the protocol attack (Python
+    ints, eagerly) and the benchmark's traced model (traced round) draw the
+    same bits. Every colluder computes it; no honest participant's secret
+    enters it.
+    """
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHARED_COIN_TAG), round_)
+    return jax.random.uniform(key, dtype=jnp.float32)
+
+
+def shared_attack(seed, round_, p: float) -> jax.Array:
+    """Whether the shared coin says attack: ``shared_coin(seed, round) < float32(p)``.
+
+    The one comparison both the protocol and the model make, in float32, so
+    their decisions agree bit for bit.
+    """
+    return shared_coin(seed, round_) < jnp.float32(p)
 
 
 def inner_spec(text: Any) -> str:
@@ -75,6 +126,18 @@ def inner_spec(text: Any) -> str:
     if parse_spec(spec, flag="sample_aware: inner").name == "sample_aware":
         raise ValueError("sample_aware: inner = 'sample_aware...', expected another attack")
     return spec
+
+
+def _int_at_least(field: str, value: Any, low: int, *, below: int | None = None) -> int:
+    bound = f"an int >= {low}" if below is None else f"an int in [{low}, {below})"
+    if (
+        isinstance(value, bool | np.bool_)
+        or not isinstance(value, Integral)
+        or value < low
+        or (below is not None and value >= below)
+    ):
+        raise ValueError(f"sample_aware: {field} = {value!r}, expected {bound}")
+    return int(value)
 
 
 def _colluders(value: Any) -> tuple[int, ...]:
@@ -176,11 +239,17 @@ def sample_aware(
     budget: float = 0.1,
     colluders: Any = "",
     rule: Any = None,
+    coin: str = "own",
+    seed: Any = 0,
+    start: Any = 0,
 ) -> Attack:
     """Honest when it might be recomputed, ``inner`` otherwise (see the module docstring).
 
-    Each round the worker first draws its coin, ``rng.random() < p`` (the
-    protocol's per-worker, per-round generator). Then:
+    Each round the worker first draws from the protocol's per-worker,
+    per-round generator, ``rng.random()``; its coin says attack when that is
+    below ``p`` (``coin="own"``), or when :func:`shared_attack` of ``seed``
+    and the round does (``"shared"``; ``"turns"`` also needs the worker's
+    turn), and never before round ``start``. Then:
 
     * ``knows="blind"``: it attacks iff the coin says so, else it sends its
       honest gradient. It cannot do better: without the keys its coin is
@@ -206,9 +275,16 @@ def sample_aware(
         against one and its spec names none (``optimal_alie``, ``optimal_ipm``);
         in a run, the run's aggregation unless given
         (:func:`~pot_jax.attacks.build_attack`).
+      coin: ``"own"``, ``"shared"`` or ``"turns"`` (``SAMPLE_COINS``).
+      seed: ``"shared"`` and ``"turns"``: the colluders' shared seed, an int
+        in [0, 2**31).
+      start: the first round it may attack (an int >= 0).
     """
     knows = _choice("sample_aware", "knows", knows, SAMPLE_KNOWLEDGE)
     p = _real("sample_aware", "p", p, expect="a number in [0, 1]", ok=lambda v: 0 <= v <= 1)
+    coin = _choice("sample_aware", "coin", coin, SAMPLE_COINS)
+    seed = _int_at_least("seed", seed, 0, below=2**31)
+    start = _int_at_least("start", start, 0)
     if isinstance(inner, Attack):
         wrapped = inner
     else:
@@ -219,11 +295,35 @@ def sample_aware(
     if wrapped.name == "sample_aware":
         raise ValueError("sample_aware: inner is a sample_aware attack, expected another attack")
     params: tuple[tuple[str, Any], ...] = (("inner", wrapped.label), ("knows", knows), ("p", p))
+    if coin != "own":  # the own coin's label is unchanged, so earlier runs keep theirs
+        params += (("coin", coin), ("seed", seed))
+    if start:
+        params += (("start", start),)
+    decided: dict[int, bool] = {}
+
+    def coin_says_attack(ctx, worker, rng) -> bool:
+        own = rng.random() < p  # always drawn, so the inner attack's stream is the same
+        if ctx.round < start:
+            return False
+        if coin == "own":
+            return bool(own)
+        if coin == "turns":
+            if worker not in ctx.byzantine:
+                raise ValueError(
+                    f"sample_aware: coin = 'turns', but worker {worker} is not among the "
+                    f"round's Byzantine workers {ctx.byzantine}; taking turns needs them"
+                )
+            if ctx.round % len(ctx.byzantine) != sorted(ctx.byzantine).index(worker):
+                return False
+        if ctx.round not in decided:  # the Byzantine workers of a round share one draw
+            decided.clear()
+            decided[ctx.round] = bool(shared_attack(seed, ctx.round, p))
+        return decided[ctx.round]
 
     if knows == "blind":
 
         def apply(ctx, worker, rng):
-            if rng.random() < p:
+            if coin_says_attack(ctx, worker, rng):
                 return wrapped.apply(ctx, worker, rng)
             return _honest_row(ctx, worker)
 
@@ -250,7 +350,7 @@ def sample_aware(
             return last[key]
 
         def apply(ctx, worker, rng):
-            attack = rng.random() < p
+            attack = coin_says_attack(ctx, worker, rng)
             if attack:
                 watched = (s for v, s in enumerate(samples(ctx)) if v not in ignored)
                 attack = not any(worker in s for s in watched)
