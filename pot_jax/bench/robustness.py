@@ -123,7 +123,7 @@ import optax
 
 import pot_jax.attacks.robust  # noqa: F401  (registers ByzFL's attacks in ATTACKS)
 from pot_jax.attacks.robust import scale_grid
-from pot_jax.attacks.sampling import inner_spec
+from pot_jax.attacks.sampling import inner_spec, shared_attack
 from pot_jax.attacks.workers import ATTACKS, alie_z, choose_byzantine
 from pot_jax.learning.aggregation import (
     PRE_AGGREGATOR_NAMES,
@@ -427,7 +427,9 @@ class _Round(NamedTuple):
     the attacks that draw noise. ``sampled_F``: whether an honest validator
     recomputes each Byzantine worker this round (the spot-check model's
     draw), which only ``sample_aware:knows=oracle`` reads: what an attacker
-    holding the validators' keys predicts exactly.
+    holding the validators' keys predicts exactly. ``round`` and ``seed``: the
+    round number and the run's seed, which only ``sample_aware`` with a shared
+    coin reads (the colluders' coin is a function of their seed and the round).
     """
 
     ref_CxP: jax.Array
@@ -438,6 +440,8 @@ class _Round(NamedTuple):
     byz_idx_F: jax.Array
     key: Callable[[], jax.Array]
     sampled_F: jax.Array | None = None
+    round: jax.Array | None = None
+    seed: jax.Array | None = None
 
 
 class JaxAttack(NamedTuple):
@@ -709,17 +713,23 @@ def _jax_sample_aware(
 ) -> JaxAttack:
     """``sample_aware`` (:mod:`pot_jax.attacks.sampling`) as a traced function.
 
-    Each Byzantine worker draws its coin ``u < p`` from the round's attack key
-    folded with a tag (one uniform per worker and round). ``knows="oracle"``
-    also attacks only where ``rnd.sampled_F`` is False: the spot-check model's
-    draw is the honest validators' sample, which the oracle computes exactly
-    (the model's ``colluders`` are the silent validators, which never sample).
-    When it does not attack, a worker sends its own row, which a check finds
-    correct. Needs protocol mode: a worker needs its own gradient to be correct.
-    The coins are per worker, so with p < 1 some Byzantine workers of a round
-    may attack and others not; the inner attack is still the vector crafted
-    for all of them (a search assumes every Byzantine row carries it), as in
-    the registered attack.
+    The coin: with ``coin="own"`` each Byzantine worker draws ``u < p`` from
+    the round's attack key folded with a tag (one uniform per worker and
+    round; not the protocol's generator, so only its law agrees). With
+    ``"shared"`` every worker reads :func:`~pot_jax.attacks.sampling.shared_attack`
+    of (``seed`` + the run's seed, round), the very function the protocol
+    attack calls, so a run with seed s draws what the protocol attacker with
+    ``seed + s`` draws, round for round; ``"turns"`` also needs the worker's
+    turn (rank ``round mod f`` among the Byzantine slots, in slot order). No
+    attack before round ``start``. ``knows="oracle"`` also attacks only where
+    ``rnd.sampled_F`` is False: the spot-check model's draw is the honest
+    validators' sample, which the oracle computes exactly (the model's
+    ``colluders`` are the silent validators, which never sample). When it
+    does not attack, a worker sends its own row, which a check finds
+    correct. Needs protocol mode: a worker needs its own gradient to be
+    correct. The inner attack is still the vector crafted for all Byzantine
+    workers (a search assumes every Byzantine row carries it), as in the
+    registered attack.
     """
     if not protocol_mode:
         raise ValueError(
@@ -734,10 +744,20 @@ def _jax_sample_aware(
         protocol_mode=True,
     )
     p, oracle = float(params["p"]), params["knows"] == "oracle"
+    coin, seed = params.get("coin", "own"), int(params.get("seed", 0))
+    start = int(params.get("start", 0))
 
     def craft(rnd: _Round) -> jax.Array:
-        coin_F = jax.random.uniform(jax.random.fold_in(rnd.key(), _COIN_TAG), (n_byzantine,))
-        attack_F = coin_F < p
+        own_F = jax.random.uniform(jax.random.fold_in(rnd.key(), _COIN_TAG), (n_byzantine,))
+        if coin == "own":
+            attack_F = own_F < p
+        else:
+            shared = shared_attack(seed + rnd.seed, rnd.round, p)
+            attack_F = jnp.broadcast_to(shared, (n_byzantine,))
+            if coin == "turns":
+                attack_F = attack_F & (rnd.round % n_byzantine == jnp.arange(n_byzantine))
+        if start:
+            attack_F = attack_F & (rnd.round >= start)
         if oracle:
             attack_F = attack_F & ~rnd.sampled_F
         sent_FxP = inner.craft(rnd).astype(jnp.float32)
@@ -877,6 +897,8 @@ def _program(
                     byz_idx_F=byz_idx_F,
                     key=lambda: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), r),
                     sampled_F=sampled_F,
+                    round=r,
+                    seed=seed,
                 )
                 crafts = [lambda a=a: a.craft(rnd).astype(jnp.float32) for a in attacks]
                 sent_FxP = crafts[0]() if len(crafts) == 1 else jax.lax.switch(which, crafts)
@@ -1659,7 +1681,11 @@ class SampleAwareConfig:
     (``variants``): no attack (all W workers honest; the server still declares
     f), the inner attack without verification, the oracle with the spot-check
     model, and the blind attacker at each p in ``blind_p`` with it (p = 1 is
-    the inner attack with spot checks); once per heterogeneity and seed, the
+    the inner attack with spot checks), then the blind colluders with one
+    shared coin at each p in ``shared_p`` (all attack in the same rounds),
+    taking turns at each p in ``turns_p`` (one attacker a round), and
+    striking together in the last k rounds only for each k in
+    ``last_rounds`` (p = 1 from round steps - k); once per heterogeneity and seed, the
     mean over the H honest workers alone and over all W (``REFERENCE_VARIANTS``).
     Result: the final accuracy, its gap to the H honest workers alone (per
     seed, then over seeds) and the rounds until the Byzantine workers are
@@ -1679,6 +1705,9 @@ class SampleAwareConfig:
     aggregators: tuple[str, ...] = ("trimmed_mean", "nnm+trimmed_mean")
     inner: str = "optimal_alie:" + _SEARCH.replace(",", ";")  # ';' inside sample_aware's spec
     blind_p: tuple[float, ...] = (1.0, 0.3, 0.1)
+    shared_p: tuple[float, ...] = (1.0, 0.3, 0.1)
+    turns_p: tuple[float, ...] = (1.0,)
+    last_rounds: tuple[int, ...] = (50,)
     steps: int = 800
     eval_every: int = 50
     batch_size: int = 32
@@ -1696,8 +1725,15 @@ class SampleAwareConfig:
             raise ValueError(f"byzantine = {self.byzantine!r}: expected an int >= 1")
         if self.byzantine < 1:
             raise ValueError(f"byzantine = {self.byzantine!r}: expected an int >= 1")
-        if not all(0 <= p <= 1 for p in self.blind_p):
-            raise ValueError(f"blind_p = {self.blind_p!r}: expected probabilities in [0, 1]")
+        for field in ("blind_p", "shared_p", "turns_p"):
+            if not all(0 <= p <= 1 for p in getattr(self, field)):
+                raise ValueError(
+                    f"{field} = {getattr(self, field)!r}: expected probabilities in [0, 1]"
+                )
+        if not all(0 < k <= self.steps for k in self.last_rounds):
+            raise ValueError(
+                f"last_rounds = {self.last_rounds!r}: expected round counts in [1, steps]"
+            )
         self.setting()  # the shared checks (steps, eval_every, seeds, ...)
 
     def setting(self) -> RobustnessConfig:
@@ -1738,6 +1774,22 @@ class SampleAwareConfig:
                 (f"blind_p={p}", f"{wrapped},knows=blind,p={p}", "spot_check_model")
                 for p in self.blind_p
             ),
+            *(
+                (f"shared_p={p}", f"{wrapped},knows=blind,p={p},coin=shared", "spot_check_model")
+                for p in self.shared_p
+            ),
+            *(
+                (f"turns_p={p}", f"{wrapped},knows=blind,p={p},coin=turns", "spot_check_model")
+                for p in self.turns_p
+            ),
+            *(
+                (
+                    f"shared_last={k}",
+                    f"{wrapped},knows=blind,p=1.0,coin=shared,start={self.steps - k}",
+                    "spot_check_model",
+                )
+                for k in self.last_rounds
+            ),
         )
 
 
@@ -1761,6 +1813,9 @@ SAMPLE_AWARE_PRESETS: dict[str, SampleAwareConfig] = {
         aggregators=("trimmed_mean",),
         inner="ipm:epsilon=10.0",
         blind_p=(1.0, 0.3),
+        shared_p=(0.3,),
+        turns_p=(1.0,),
+        last_rounds=(10,),
         steps=40,
         eval_every=20,
         batch_size=8,
@@ -1847,7 +1902,7 @@ def measure_sample_aware(
             if log:
                 finals = " ".join(f"{r['final']:.3f}" for r in runs[-len(group) :])
                 log(
-                    f"{aggregator:18s} {name:12s} final {finals}  "
+                    f"{aggregator:18s} {name:19s} final {finals}  "
                     f"{seconds:6.1f} s (first: with compile)"
                 )
     return {
@@ -1879,7 +1934,10 @@ def summarize_sample_aware(runs: list[dict], d: float, steps: int) -> list[dict]
     the closed form with per-round check probability d: a worker attacking in
     each round with probability c is banned after ``1 / (c d) - 1`` rounds on
     average and gets ``1 / d - 1`` attacking rounds past the checks first,
-    whatever c; the oracle attacks in ``(1 - d) * steps`` rounds and is never banned.
+    whatever c (c = p with its own or a shared coin, p / f taking turns); the
+    oracle attacks in ``(1 - d) * steps`` rounds and is never banned; a worker
+    striking in the last k rounds only is still unbanned at the end with
+    probability ``(1 - d)^k``.
     """
     by_cell = defaultdict(list)
     for r in runs:
@@ -1916,13 +1974,18 @@ def summarize_sample_aware(runs: list[dict], d: float, steps: int) -> list[dict]
             cell["damage_vs_no_attack"] = _spread([clean[r["seed"]] - r["final"] for r in rs])
         if variant == "oracle":
             cell["expected"] = {"attacking_rounds": round((1 - d) * steps, 1), "banned": 0}
-        elif variant.startswith("blind_p="):
-            c = float(variant.split("=", 1)[1])
+        elif variant.startswith(("blind_p=", "shared_p=", "turns_p=")):
+            c = float(variant.split("=", 1)[1])  # a worker attacks in a fraction c of rounds
+            if variant.startswith("turns_p="):
+                c /= len(rs[0]["caught_rounds"])  # its turn comes every f-th round
             cell["expected"] = {
                 "mean_ban_round": round(1 / (c * d) - 1, 1) if c else None,
                 "attacking_rounds_before_ban": round(1 / d - 1, 1),
                 "p_unbanned_at_end": round((1 - c * d) ** steps, 4),
             }
+        elif variant.startswith("shared_last="):
+            k = int(variant.split("=", 1)[1])
+            cell["expected"] = {"p_unbanned_at_end": round((1 - d) ** k, 4)}
         cells.append(cell)
     return cells
 
@@ -1938,7 +2001,7 @@ def sample_aware_table(result: dict) -> str:
         damage = f"{dmg['mean']:+.3f} [{dmg['min']:+.3f}, {dmg['max']:+.3f}]" if dmg else "-"
         mean_round = "-" if bans["mean_round"] is None else f"{bans['mean_round']:.1f}"
         lines.append(
-            f"{c['aggregator']:18s} {c['heterogeneity']:10s} {c['variant']:12s} "
+            f"{c['aggregator']:18s} {c['heterogeneity']:10s} {c['variant']:19s} "
             f"{f['mean']:.3f} [{f['min']:.3f}, {f['max']:.3f}]  {damage:26s} "
             f"{bans['banned']}/{bans['of']} {mean_round}"
         )
