@@ -350,10 +350,18 @@ class Auditor:
         data_dir: str | None = None,
         allow_plugins: bool = False,
         scheme=None,
+        replay_from: int | None = None,
     ):
+        """``replay_from``: re-execute only the checkpoint intervals that start at or
+        after this round (with ``recompute`` > 0); every round is still verified (its
+        QC, hashes, fraud proofs, ledger), and the state after the last round is
+        complete when a checkpoint starts at or before ``replay_from``. A restarting
+        validator rebuilds its state this way from its own last checkpoint instead of
+        recomputing every gradient since the genesis (``pot_jax.deploy.node``)."""
         self.run_dir = Path(run_dir)
         self.scheme = scheme
         self.allow_plugins = allow_plugins
+        self.replay_from = replay_from
         self.recompute = recompute
         self.seed = seed
         self.pin_genesis = genesis.lower() if genesis else None
@@ -579,7 +587,12 @@ class Auditor:
             report.sample_seed = self.seed
         intervals = -(-config.rounds // config.checkpoint_every)
         rng = _Draw(self.recompute, self.seed, intervals)
-        replay = rng.draw()
+
+        def draw(start: int) -> bool:  # is the interval that starts at round ``start`` replayed?
+            picked = rng.draw()
+            return picked and (self.replay_from is None or start >= self.replay_from)
+
+        replay = draw(0)
         self.facts = _Facts()
         accuracy_at = {0: state.params}
         r = 0
@@ -610,14 +623,15 @@ class Auditor:
                     state, params=loaded["params"], opt_state=loaded["opt_state"]
                 )
                 accuracy_at[r + 1] = loaded["params"]
-                replay = rng.draw()
+                replay = draw(r + 1)
             report.rounds += 1
             r += 1
             self.state = state  # what a restarting validator resumes from (full with recompute 1)
         if not check_conservation(state.ledger):
             raise AuditFailure(None, "the ledger does not conserve value")
         self._closing(records, reader, r, state.params_hash, state.ledger, accuracy_at)
-        if self.recompute > 0 and report.reexecuted == 0 and report.rounds:
+        sampled = self.recompute > 0 and self.replay_from is None
+        if sampled and report.reexecuted == 0 and report.rounds:
             raise AssertionError("a sampled audit drew no interval")  # _Draw picks at least one
         self.facts.caught = sorted(state.banned)
         self._side_files(report, config, data, learner, state.ledger, accuracy_at)

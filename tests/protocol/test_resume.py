@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from pot_jax.config import ProtocolConfig
@@ -137,3 +138,25 @@ def test_resume_refuses_what_it_cannot_continue(reference, tmp_path):
         resume_protocol(tmp_path / "f", keys=str(other))
     after = {p: p.read_bytes() for p in (tmp_path / "f").rglob("*") if p.is_file()}
     assert after == before  # refused before anything was written
+
+
+def test_an_audit_may_rebuild_the_state_from_the_last_checkpoint_only(reference):
+    """replay_from: what a restarting validator uses instead of recomputing from the genesis."""
+    import numpy as np
+
+    from pot_jax.protocol.audit import Auditor
+
+    root, _, _ = reference
+    full = Auditor(root / "reference", recompute=1.0)
+    tail = Auditor(root / "reference", recompute=1.0, replay_from=28)  # checkpoint after 27
+    reports = full.run(), tail.run()
+    assert all(r.ok for r in reports), [str(r) for r in reports]
+    assert reports[0].reexecuted == 30 and reports[1].reexecuted == 2
+    assert reports[1].rounds == 30  # every round is still verified
+    a, b = full.state, tail.state
+    assert a.round == b.round == 30 and a.params_hash == b.params_hash
+    assert a.ledger == b.ledger and a.banned == b.banned
+    for x, y in zip(
+        jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
