@@ -24,6 +24,7 @@ from pot_jax.attacks import (
     predicted_samples,
     sample_aware,
 )
+from pot_jax.attacks.sampling import SAMPLE_COINS, shared_attack
 from pot_jax.config import ProtocolConfig
 from pot_jax.consensus.keys import simulation_keys
 from pot_jax.learning import make_learner, make_model, make_optimizer
@@ -144,6 +145,58 @@ def test_blind_attacks_in_a_fraction_p_of_rounds_whatever_the_samples():
     assert a.tobytes() == b.tobytes()
 
 
+def _attack_rounds(attack, worker, rounds=200, seed=0):
+    return {r for r in range(rounds) if not _honest(_sent(attack, r, worker, seed=seed), worker)}
+
+
+def test_a_shared_coin_makes_every_colluder_attack_in_exactly_the_same_rounds():
+    """One coin of (seed, round) for all; with their own coins the colluders part ways."""
+    shared = sample_aware(inner="sign_flip", knows="blind", p=0.3, coin="shared", seed=7)
+    a, b = (_attack_rounds(shared, w) for w in BYZANTINE)
+    assert a == b and 0 < len(a) < 200
+    assert stats.binomtest(len(a), 200, 0.3).pvalue > 1e-4
+    assert a == {r for r in range(200) if shared_attack(7, r, 0.3)}
+    own = sample_aware(inner="sign_flip", knows="blind", p=0.3)
+    assert _attack_rounds(own, BYZANTINE[0]) != _attack_rounds(own, BYZANTINE[1])
+
+
+def test_the_shared_coin_is_a_function_of_the_colluders_seed_and_the_round_alone():
+    """Not of the protocol's per-worker generator: any rng, the same rounds; another seed, others."""
+    shared = sample_aware(inner="sign_flip", p=0.3, coin="shared", seed=7)
+    rounds = _attack_rounds(shared, 2, seed=0)
+    assert _attack_rounds(shared, 2, seed=1) == rounds
+    assert (
+        _attack_rounds(sample_aware(inner="sign_flip", p=0.3, coin="shared", seed=7), 5) == rounds
+    )
+    assert (
+        _attack_rounds(sample_aware(inner="sign_flip", p=0.3, coin="shared", seed=8), 2) != rounds
+    )
+    # The oracle with a shared coin still skips the rounds it is sampled in.
+    oracle = sample_aware(inner="sign_flip", knows="oracle", p=0.3, coin="shared", seed=7)
+    true_keys = simulation_keys(N_VALIDATORS)[0]
+    watched = {r for r in range(200) if _true_samplers(r, 2, true_keys, 0.1, range(N_VALIDATORS))}
+    assert watched and _attack_rounds(oracle, 2) == rounds - watched
+
+
+def test_taking_turns_only_the_colluder_whose_rank_is_the_round_mod_f_attacks():
+    turns = sample_aware(inner="sign_flip", p=1.0, coin="turns", seed=7)
+    for rank, worker in enumerate(BYZANTINE):
+        assert _attack_rounds(turns, worker, rounds=20) == set(range(rank, 20, 2))
+    coin = sample_aware(inner="sign_flip", p=0.5, coin="turns", seed=7)
+    assert _attack_rounds(coin, 5, rounds=100) == {
+        r for r in range(1, 100, 2) if shared_attack(7, r, 0.5)
+    }
+    with pytest.raises(ValueError, match="not among the round's Byzantine workers"):
+        _sent(turns, 0, 4)
+
+
+def test_no_attack_before_start():
+    late = sample_aware(inner="sign_flip", p=1.0, coin="shared", start=15)
+    assert _attack_rounds(late, 2, rounds=20) == set(range(15, 20))
+    own = sample_aware(inner="sign_flip", p=1.0, start=15)
+    assert _attack_rounds(own, 5, rounds=20) == set(range(15, 20))
+
+
 def test_knowledge_is_the_inner_attacks_and_the_label_says_what_it_assumes():
     assert sample_aware(inner="sign_flip").knowledge == "own"
     assert sample_aware(inner="alie").knowledge == "colluding"
@@ -155,6 +208,10 @@ def test_knowledge_is_the_inner_attacks_and_the_label_says_what_it_assumes():
     leaked = sample_aware(inner="alie", knows="oracle", keys=simulation_keys(4)[0])
     assert dict(leaked.params)["keys"] == "given"
     assert SAMPLE_KNOWLEDGE == ("oracle", "blind")
+    assert SAMPLE_COINS == ("own", "shared", "turns")
+    assert sample_aware(inner="alie", p=0.3, coin="shared", seed=4, start=9).label == (
+        "sample_aware(inner=alie(z=None), knows=blind, p=0.3, coin=shared, seed=4, start=9)"
+    )
 
 
 def test_nested_specs_build_and_the_protocol_config_accepts_them():
@@ -189,11 +246,17 @@ def test_nested_specs_build_and_the_protocol_config_accepts_them():
         ({"knows": "oracle", "keys": "random"}, "keys"),
         ({"knows": "oracle", "colluders": "a;b"}, "colluders"),
         ({"knows": "oracle", "budget": 0}, "budget"),
+        ({"coin": "maybe"}, r"coin = 'maybe', expected one of \('own', 'shared', 'turns'\)"),
+        ({"coin": "shared", "seed": -1}, r"seed = -1, expected an int in \[0, 2147483648\)"),
+        ({"coin": "shared", "seed": 0.5}, "seed = 0.5"),
+        ({"seed": True}, "seed = True"),
+        ({"start": -3}, "start = -3, expected an int >= 0"),
     ],
 )
 def test_bad_parameters_are_refused_with_what_was_expected(kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         sample_aware(**kw)
+    assert "\n" not in str(raised.value)  # one line
 
 
 def test_an_oracle_without_the_committee_or_chain_id_refuses_to_guess():
@@ -293,6 +356,21 @@ def test_with_derived_keys_blind_p1_is_caught_in_the_first_round_it_is_sampled(t
         for w in summary.byzantine_workers
         if _first_checked_attack(w, true_keys, lambda r: True) is not None
     )
+
+
+def test_blind_colluders_with_a_shared_coin_are_caught_in_the_first_shared_round_sampled(tmp_path):
+    """In the real protocol: each is banned the first round the shared coin says attack and an
+    honest validator's VRF sample holds it."""
+    summary, bans = _run(tmp_path, f"sample_aware:inner={INNER},knows=blind,p=0.5,coin=shared")
+    true_keys = simulation_keys(4)[0]
+    shared = [bool(shared_attack(0, r, 0.5)) for r in range(TINY["rounds"])]
+    first = {
+        w: _first_checked_attack(w, true_keys, lambda r: shared[r])
+        for w in summary.byzantine_workers
+    }
+    assert any(r is not None for r in first.values()), "nobody caught: the test proves nothing"
+    assert bans == sorted(r for r in first.values() if r is not None)
+    assert sorted(summary.cheaters_caught) == sorted(w for w, r in first.items() if r is not None)
 
 
 def test_canary_the_same_oracle_is_caught_when_the_validators_keys_are_secret(tmp_path):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pot_jax.attacks import AttackContext, sample_aware
+from pot_jax.attacks.sampling import shared_attack
 from pot_jax.bench import robustness as rb
 from pot_jax.learning import RULES, load_dataset
 
@@ -29,6 +31,9 @@ SPECS = (
     f"{WRAPPED},knows=blind,p=1.0",
     f"{WRAPPED},knows=blind,p=0.0",
     f"{WRAPPED},knows=blind,p=0.5",
+    f"{WRAPPED},knows=blind,p=0.5,coin=shared,seed=1",
+    f"{WRAPPED},knows=blind,p=1.0,coin=turns",
+    f"{WRAPPED},knows=blind,p=1.0,coin=shared,start=30",
 )
 W, F = 5, 2
 
@@ -95,6 +100,75 @@ def test_a_sampled_attacking_round_is_caught_and_banned(run):
     assert np.all(half >= 0) and np.all(half < 40)
 
 
+def test_with_a_shared_coin_the_colluders_are_banned_together_in_the_first_shared_round(run):
+    """Checked every round, both are caught the first round the shared coin (seed 1 + run seed 0)
+    says attack; with their own coins they attack, and are banned, apart; taking turns, the
+    colluder of rank r mod 2 attacks in round r; with start=30, nobody attacks before it."""
+    first = next(r for r in range(40) if shared_attack(1, r, 0.5))
+    assert first > 0  # else the test cannot tell the shared coin from p = 1
+    assert run(f"{WRAPPED},knows=blind,p=0.5,coin=shared,seed=1", 1.0)[1].tolist() == [
+        [first, first]
+    ]
+    own = run(f"{WRAPPED},knows=blind,p=0.5", 1.0)[1]
+    assert own[0, 0] != own[0, 1]
+    assert run(f"{WRAPPED},knows=blind,p=1.0,coin=turns", 1.0)[1].tolist() == [[0, 1]]
+    late = f"{WRAPPED},knows=blind,p=1.0,coin=shared,start=30"
+    assert run(late, 1.0)[1].tolist() == [[30, 30]]
+    _same(run(late, 0.0)[1:], run(INNER, 0.0)[1:])
+
+
+def _round(round_, seed, grads, byz):
+    g = jnp.asarray(grads)
+    return rb._Round(
+        ref_CxP=g,
+        base_WxP=g,
+        byz_W=jnp.asarray(np.isin(np.arange(W), byz)),
+        own_FxP=g[byz],
+        flipped=lambda: None,
+        byz_idx_F=jnp.asarray(byz),
+        key=lambda: jax.random.key(0),
+        sampled_F=jnp.array([False, False]),
+        round=round_,
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("coin", ["shared", "turns"])
+def test_the_models_shared_draws_are_the_protocol_attacks_round_for_round(coin):
+    """The model's run with seed s draws what the protocol attacker with ``seed + s`` draws."""
+    rule = RULES.build("mean", flag="x")
+    grads = np.random.default_rng(0).standard_normal((W, 7)).astype(np.float32)
+    byz = np.array([1, 3])
+    spec = f"{WRAPPED},knows=blind,p=0.3,coin={coin},seed=5"
+    model = rb.jax_attack(spec, rule=rule, n_workers=W, n_byzantine=F, protocol_mode=True)
+    craft = jax.jit(lambda r, s: model.craft(_round(r, s, grads, byz)))
+    for run_seed in (0, 2):
+        protocol = sample_aware(inner=INNER, p=0.3, coin=coin, seed=5 + run_seed)
+        model_rounds, protocol_rounds = [], []
+        for r in range(120):
+            sent = np.asarray(craft(jnp.int32(r), jnp.int32(run_seed)))
+            model_rounds.append(tuple(bool(np.any(sent[i] != grads[w])) for i, w in enumerate(byz)))
+            ctx = AttackContext(None, None, None, grads, r, tuple(int(w) for w in byz))
+            protocol_rounds.append(
+                tuple(
+                    bool(np.any(protocol.apply(ctx, int(w), np.random.default_rng(r)) != grads[w]))
+                    for w in byz
+                )
+            )
+        assert model_rounds == protocol_rounds
+        assert {a for row in model_rounds for a in row} == {True, False}
+        if coin == "shared":
+            assert all(a == b for a, b in model_rounds)  # together
+        else:
+            assert not any(a and b for a, b in model_rounds)  # one at a time
+    # Another run seed, other rounds: the model's colluders do not replay one sequence.
+    other = [
+        bool(np.any(np.asarray(craft(jnp.int32(r), jnp.int32(1)))[0] != grads[1]))
+        for r in range(120)
+    ]
+    assert other != [a for a, _ in model_rounds]
+
+
 def test_canary_an_attacker_that_attacks_when_sampled_is_banned_in_its_first_checked_round(run):
     caught = run("anti_oracle", 0.3)[1]
     first_checked = [
@@ -140,7 +214,16 @@ def tiny_result():
 
 def test_every_variant_runs_for_every_seed_and_the_cells_summarise_them(tiny_result):
     names = [v[0] for v in TINY.variants()]
-    assert names == ["no_attack", "inner_alone", "oracle", "blind_p=1.0", "blind_p=0.3"]
+    assert names == [
+        "no_attack",
+        "inner_alone",
+        "oracle",
+        "blind_p=1.0",
+        "blind_p=0.3",
+        "shared_p=0.3",
+        "turns_p=1.0",
+        "shared_last=10",
+    ]
     runs = tiny_result["runs"]
     assert len(runs) == (len(names) * len(TINY.aggregators) + 2) * len(TINY.seeds)
     cells = {c["variant"]: c for c in tiny_result["cells"]}
@@ -151,6 +234,13 @@ def test_every_variant_runs_for_every_seed_and_the_cells_summarise_them(tiny_res
     assert cells["oracle"]["bans"]["banned"] == 0
     assert cells["oracle"]["expected"]["banned"] == 0
     assert cells["blind_p=1.0"]["bans"]["banned"] == cells["blind_p=1.0"]["bans"]["of"] == 2
+    assert "shared_p=0.3" in rb.sample_aware_table(tiny_result)
+    assert cells["turns_p=1.0"]["expected"]["mean_ban_round"] == round(
+        1 / tiny_result["catch_probability_per_round"] - 1, 1
+    )  # one Byzantine worker: its turn is every round
+    assert set(cells["shared_last=10"]["expected"]) == {"p_unbanned_at_end"}
+    shared_last = [r for r in runs if r["variant"] == "shared_last=10"]
+    assert all(c < 0 or c >= 30 for r in shared_last for c in r["caught_rounds"])
     for r in runs:
         assert r["finite"] and len(r["caught_rounds"]) == TINY.byzantine
     assert tiny_result["jax_version"] == jax.__version__ and tiny_result["device"]
