@@ -29,11 +29,14 @@ from pot_jax.attacks.robust import (
     shejwalkar_gamma,
 )
 from pot_jax.attacks.sampling import (
+    SAMPLE_COINS,
     SAMPLE_KNOWLEDGE,
     SAMPLING_ATTACK_NAMES,
     inner_spec,
     predicted_samples,
     sample_aware,
+    shared_attack,
+    shared_coin,
 )
 from pot_jax.attacks.workers import (
     ATTACK_NAMES,
@@ -71,6 +74,7 @@ __all__ = [
     "GARBAGE_KINDS",
     "KNOWLEDGE",
     "ROBUST_ATTACK_NAMES",
+    "SAMPLE_COINS",
     "SAMPLE_KNOWLEDGE",
     "SAMPLING_ATTACK_NAMES",
     "SHEJWALKAR_DIRECTIONS",
@@ -110,6 +114,8 @@ __all__ = [
     "predicted_samples",
     "register_attack",
     "sample_aware",
+    "shared_attack",
+    "shared_coin",
     "scale_grid",
     "scaled",
     "shejwalkar_gamma",
