@@ -105,10 +105,11 @@ def build_node(args):
     """The node ``args`` describe, and a factory of its transport."""
     from pot_jax.deploy.context import load_context, read_header
     from pot_jax.deploy.faults import FaultLayer, FaultSchedule
-    from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode
+    from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode, one_compute_thread
     from pot_jax.deploy.transport import Limits, Transport
     from pot_jax.deploy.worker_host import WorkerHost
 
+    one_compute_thread()
     ctx = load_context(read_header(args.genesis), data_dir=args.dataset_dir)
     config = ctx.config
     endpoints = Endpoints.load(args.peers, n_validators=config.validators, n_workers=config.workers)

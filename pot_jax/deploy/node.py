@@ -94,7 +94,7 @@ from pot_jax.protocol.transcript import (
 )
 from pot_jax.runinfo import JsonLines, write_json
 
-__all__ = ["Endpoints", "NodeError", "ValidatorNode"]
+__all__ = ["Endpoints", "NodeError", "ValidatorNode", "one_compute_thread"]
 
 log = logging.getLogger(__name__)
 FETCH_RETRY = 4.0  # network delays before missing gradients and reports are asked for again
@@ -105,6 +105,40 @@ STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker t
 
 class NodeError(ValueError):
     """A node that cannot start (keys, peers, config), with what is wrong."""
+
+
+def one_compute_thread() -> None:
+    """Give this process's XLA CPU client one intra-op thread; call it before any jax array.
+
+    XLA sizes its CPU thread pools by the CPUs this process may run on when
+    the client is created. Node processes share the machine's cores with each
+    other, so a pool of one thread per core splits each of a node's tiny
+    kernels across threads that wait for each other: on 2 shared cores that
+    made the same 16 gradients cost 3 ms or 400 ms of CPU (both pool threads
+    spinning), run to run. With one thread every kernel runs where it is
+    called, and the bits are the same (the kernels do not split a reduction
+    across threads). The process is restricted to one CPU only while the
+    client is created: the client's threads are then allowed on every CPU
+    again, so the scheduler still spreads the processes. A client that
+    already exists is left as it is (a no-op); so is a platform without
+    ``sched_setaffinity``.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    import jax
+
+    cpus = os.sched_getaffinity(0)
+    before = set(os.listdir("/proc/self/task"))
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        jax.devices("cpu")
+    finally:
+        for tid in set(os.listdir("/proc/self/task")) - before:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except ProcessLookupError:
+                pass  # a thread that already ended
+        os.sched_setaffinity(0, cpus)
 
 
 @dataclass(frozen=True)

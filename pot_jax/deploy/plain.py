@@ -383,10 +383,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def process_main(argv: list[str] | None = None) -> int:
+    from pot_jax.deploy.node import one_compute_thread
     from pot_jax.deploy.transport import Transport
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    one_compute_thread()  # as a PoT node process does: the comparison stays fair
     ctx = build_context(load_config(args.config))
     peers = json.loads(Path(args.peers).read_text())
     hosts = peers["worker_hosts"]

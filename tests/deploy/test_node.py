@@ -350,3 +350,72 @@ def test_only_validators_get_a_rounds_reports_or_gradients_on_request(cluster, t
     )
     kinds = sorted(d[0] for p, d in node.transport.sent if p == "validator/2")
     assert kinds == [wire.REPORT, wire.GRADIENT]  # canary: a validator is answered
+
+
+# A node process's XLA client, made with one intra-op thread (``one_compute_thread``): its
+# thread count, where its threads may run, and what it computes, printed as JSON.
+_ONE_THREAD_PROBE = """
+import hashlib, json, os, sys
+from pot_jax.deploy.node import one_compute_thread
+if sys.argv[1] == "one":
+    one_compute_thread()
+import numpy as np
+from pot_jax.config import ProtocolConfig
+from pot_jax.learning.aggregation import RULES
+from pot_jax.protocol.setup import Batches
+from pot_jax.learning.assignment import BatchAssigner
+from pot_jax.learning.trainer import build_learner, load_for, worker_shards
+from pot_jax.protocol.roles import worker_program
+config = ProtocolConfig(dataset="mnist1d", hidden=(256, 256), workers=16, batch_size=8,
+                        progress=False)
+data = load_for(config)
+learner, params = build_learner(config, data)
+batches = Batches(BatchAssigner(0, worker_shards(config, data), 8), data)
+h = hashlib.sha256()
+opt_state = learner.optimizer.init(params)
+for r in range(3):
+    grads_WxP = worker_program(learner, params, batches.of_round(r), 16, range(16), "bitwise")
+    h.update(grads_WxP.tobytes())
+    for rule in ("mean", "trimmed_mean:trim=2", "multi_krum:f=3,m=8", "geometric_median"):
+        agg_P = RULES.build(rule, flag="--aggregation").aggregate(grads_WxP, np.ones(16, bool))
+        h.update(np.asarray(agg_P).tobytes())
+    params, opt_state = learner.apply_update(params, opt_state, agg_P)
+tasks = os.listdir("/proc/self/task")
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
+print(json.dumps({
+    "xla_threads": names.count("tf_XLAEigen"),
+    "cpus": sorted(os.sched_getaffinity(0)),
+    "thread_cpus": sorted({tuple(sorted(os.sched_getaffinity(int(t)))) for t in tasks}),
+    "digest": h.hexdigest(),
+}))
+"""
+
+
+def _probe(mode: str) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _ONE_THREAD_PROBE, mode],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and at least 2 CPUs to tell one XLA thread from several",
+)
+def test_one_compute_thread_gives_xla_one_thread_keeps_every_cpu_and_the_same_bits():
+    """A node process's XLA client gets one intra-op thread, its threads may still run on
+    every CPU, and the worker gradients, the aggregation rules and the update it computes
+    have the bits of a default client's (the auditor and the simulator run default clients,
+    and bitwise mode compares their recomputation with the nodes')."""
+    one, default = _probe("one"), _probe("default")
+    assert one["xla_threads"] == 1
+    assert default["xla_threads"] > 1  # canary: the probe can see a pool of several
+    assert one["thread_cpus"] == [one["cpus"]]  # JSON: one list per distinct CPU set
+    assert one["digest"] == default["digest"]
