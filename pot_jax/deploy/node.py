@@ -100,6 +100,10 @@ log = logging.getLogger(__name__)
 FETCH_RETRY = 4.0  # network delays before missing gradients and reports are asked for again
 STATS_EVERY = 5.0  # seconds between refreshes of node-stats.json
 HISTORY_ROUNDS = 64  # rounds of submissions and reports kept for peers that fall behind
+# Requests a validator answers per peer and round (a model reply is the whole model, ~0.3 MB
+# for a 40-byte request; without a bound one peer could make it send that without end).
+REQUEST_BUDGET = {"model_request": 4, "reports_request": 4}
+GRADIENT_REQUESTS_PER_WORKER = 4  # a peer's retries for each worker's gradient, per round
 STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker trains on is
 
 
@@ -360,6 +364,7 @@ class ValidatorNode(_Base):
         self.round_started = 0.0
         self.stale = collections.deque(maxlen=STALE_ROUNDS)
         self.closing_votes: dict[int, bytes] = {}
+        self.requests: collections.Counter = collections.Counter()  # (peer, kind, round) -> n
         self.closed = False
         self.writer: TranscriptWriter | None = None
         self.metrics: JsonLines | None = None
@@ -392,7 +397,7 @@ class ValidatorNode(_Base):
         path = self.data_dir / TRANSCRIPT_NAME
         self.run_started = time.perf_counter()
         if path.exists():
-            self._restore(path)
+            self._restore(path)  # sets closed when the transcript already is
         else:
             write_json(self.data_dir / "config.json", self.ctx.header)
             self.writer = TranscriptWriter(path)
@@ -415,10 +420,16 @@ class ValidatorNode(_Base):
     def _restore(self, path: Path) -> None:
         """Resume from this validator's own transcript after a crash.
 
-        Its complete rounds are re-executed and checked as the auditor does
-        (``--recompute all``: the state must be exactly what the records say);
-        a round whose records were torn by the crash is cut away and will be
-        committed again from the consensus log or the peers.
+        Every complete round is checked as the auditor checks it (QCs, hashes,
+        fraud proofs, ledger), and the rounds since the last checkpoint are
+        re-executed from it (``--recompute all`` on that interval: the state
+        must be exactly what the records say; recomputing every gradient since
+        the genesis instead took the CPU the other validators needed to keep
+        committing). A round whose records were torn by the crash is cut away
+        and will be committed again from the consensus log or the peers. A
+        transcript that is already closed is kept as it is: the validator
+        serves its peers (its closing vote, decisions, the final model) and
+        writes nothing more.
         """
         from pot_jax.protocol.audit import Auditor, Status
         from pot_jax.protocol.runner import _kept_metric_rows
@@ -432,8 +443,13 @@ class ValidatorNode(_Base):
             recompute=1.0,
             genesis=self.ctx.genesis_hash.hex(),
             data_dir=self.ctx.config.data_dir,
+            replay_from=_last_checkpoint_round(records),
         )
         report = auditor.run()
+        self.stats["rounds re-executed at restart"] += report.reexecuted
+        if report.status == Status.PASSED and auditor.state is not None:
+            self._restore_closed(records, auditor)
+            return
         if report.status != Status.UNFINISHED or auditor.state is None:
             raise NodeError(
                 f"{path}: this validator's own transcript does not re-execute: {report.reason}"
@@ -464,6 +480,18 @@ class ValidatorNode(_Base):
         self.stats["restarts"] += 1
         log.warning("%s: resumed after round %d (seq %d)", self.me, self.state.round, self.app_seq)
 
+    def _restore_closed(self, records, auditor) -> None:
+        from pot_jax.protocol.transcript import decode_qc_record
+
+        self.state = auditor.state
+        qcs = [rec for rec in records if rec.kind == RecordKind.QC]
+        self.app_seq = decode_qc_record(qcs[-1].payload)[1] if qcs else 0
+        self.closed = True  # enter_round signs and sends its closing vote again, for its peers
+        self.stats["restarts"] += 1
+        log.warning("%s: restarted after closing its transcript; serving peers", self.me)
+        if self.linger is not None:
+            self.later(self.linger / self.scale, self.done.set)
+
     # -- rounds --------------------------------------------------------------------------------
 
     def enter_round(self, state) -> None:
@@ -474,6 +502,9 @@ class ValidatorNode(_Base):
             self.validator.step(Committed(state))
         self.fetched = collections.defaultdict(dict, {state.round: {}})
         self.fetched_subs = {r: v for r, v in self.fetched_subs.items() if r >= state.round}
+        self.requests = collections.Counter(
+            {k: n for k, n in self.requests.items() if k[2] > state.round - HISTORY_ROUNDS}
+        )
         self.requested.clear()
         self.reported = self.proposing = False
         self.round_started = time.perf_counter()
@@ -549,10 +580,13 @@ class ValidatorNode(_Base):
             finally:
                 self.current_pbft = None
             self._fetch_missing()
-        elif kind == wire.REPORTS_REQUEST:
-            self._reports_request(sender, body)
-        elif kind == wire.GRADIENT_REQUEST:
-            self._gradient_request(sender, body)
+        elif kind in (wire.REPORTS_REQUEST, wire.GRADIENT_REQUEST, wire.MODEL_REQUEST):
+            if self._within_budget(sender, kind, body):
+                {
+                    wire.REPORTS_REQUEST: self._reports_request,
+                    wire.GRADIENT_REQUEST: self._gradient_request,
+                    wire.MODEL_REQUEST: self._model_request,
+                }[kind](sender, body)
         elif kind == wire.GRADIENT:
             self._gradient(sender, body)
         elif kind == wire.SUBMISSION:
@@ -561,10 +595,23 @@ class ValidatorNode(_Base):
             self._report(sender, body)
         elif kind == wire.CLOSING_VOTE:
             self._closing_vote(sender, body)
-        elif kind == wire.MODEL_REQUEST:
-            self._model_request(sender, body)
         else:
             self.drop(f"{wire.KIND_NAMES[kind]} is not for a validator")
+
+    def _within_budget(self, sender: str, kind: int, body: bytes) -> bool:
+        """Count a request against its peer's budget for its round; False: dropped."""
+        r, _ = wire.split_round(body, wire.KIND_NAMES[kind])
+        if not self.state.round - HISTORY_ROUNDS < r <= self.state.round:
+            self.drop(f"{wire.KIND_NAMES[kind]} for a round this validator does not keep")
+            return False
+        name = wire.KIND_NAMES[kind]
+        limit = REQUEST_BUDGET.get(name, GRADIENT_REQUESTS_PER_WORKER * self.W)
+        key = (sender, kind, r)
+        self.requests[key] += 1
+        if self.requests[key] > limit:
+            self.drop(f"rate limit: more than {limit} of {name}s from one peer in a round")
+            return False
+        return True
 
     def _defer(self, r: int, sender, kind, body) -> bool:
         """Keep a message of the next round (a faster peer); True when it was handled so."""
@@ -909,7 +956,13 @@ class ValidatorNode(_Base):
         if sender != f"validator/{validator}":
             self.drop("closing vote relayed by another validator")
             return
+        new = validator not in self.closing_votes
         self.closing_votes.setdefault(validator, signature)
+        mine = self.closing_votes.get(self.index)
+        if new and mine is not None:
+            # A peer that was down when we voted (or restarted) needs our vote to close; a
+            # vote it already had is not answered, so two validators exchange one each.
+            self.transport.send(sender, wire.encode_closing_vote(self.index, mine))
         self._maybe_close()
 
     def _maybe_close(self) -> None:
@@ -976,6 +1029,18 @@ class ValidatorNode(_Base):
 
     def _checkpoint_bytes(self, state) -> bytes:
         return checkpoint_bytes(state)
+
+
+def _last_checkpoint_round(records) -> int:
+    """The round whose input model the transcript's last stored checkpoint is (0: genesis)."""
+    rounds, last, previous = 0, 0, None
+    for rec in records:
+        if rec.kind == RecordKind.LEDGER:
+            rounds += 1
+        elif rec.kind == RecordKind.CHECKPOINT and previous == RecordKind.LEDGER:
+            last = rounds  # the output checkpoint after round rounds - 1
+        previous = rec.kind
+    return last
 
 
 def _vote_ok(validator_set, i, message, signature) -> bool:

@@ -17,8 +17,7 @@ import collections
 
 import numpy as np
 
-from pot_jax.attacks import AttackContext
-from pot_jax.attacks.workers import ATTACKS
+from pot_jax.attacks import AttackContext, build_attack
 from pot_jax.deploy import wire
 from pot_jax.deploy.node import STALE_ROUNDS, NodeError, _Base
 from pot_jax.learning.encoding import decode_pytree, pytree_digest
@@ -52,7 +51,7 @@ class WorkerHost(_Base):
         signatures = ctx.rules.signatures
         attack = None
         if ctx.byzantine_workers:
-            attack = ATTACKS.build(config.attack, flag="--attack")
+            attack = build_attack(config.attack, aggregation=config.aggregation)
         self.nodes = {}
         for w, seed in sorted(node_keys.items()):
             sk, pk = signatures.keygen(seed)

@@ -352,6 +352,101 @@ def test_only_validators_get_a_rounds_reports_or_gradients_on_request(cluster, t
     assert kinds == [wire.REPORT, wire.GRADIENT]  # canary: a validator is answered
 
 
+def test_requests_past_a_peers_budget_for_a_round_are_dropped(cluster, tmp_path):
+    """A model reply is the whole model for a 40-byte request: one peer gets a bounded number."""
+    from pot_jax.deploy.node import GRADIENT_REQUESTS_PER_WORKER, REQUEST_BUDGET
+
+    node, ctx, keys = _validator(cluster, tmp_path)
+    node.on_message("workers/1", _wire_submission(_submission(ctx, keys, 1)))
+    node.transport.sent.clear()
+    ask = wire.encode(wire.MODEL_REQUEST, wire.round_body(0, ctx.state0.params_hash))
+    budget = REQUEST_BUDGET["model_request"]
+    for _ in range(budget + 3):
+        node.on_message("workers/0", ask)
+    models = [d for p, d in node.transport.sent if d[0] == wire.MODEL]
+    assert len(models) == budget  # canary: the first ones are answered
+    assert node.stats[f"dropped: rate limit: more than {budget} of model_requests from one "
+                      "peer in a round"] == 3  # fmt: skip
+    node.on_message("workers/1", ask)  # another peer has its own budget
+    assert len([d for p, d in node.transport.sent if p == "workers/1"]) == 1
+    far = wire.encode(wire.MODEL_REQUEST, wire.round_body(10**9, ctx.state0.params_hash))
+    node.on_message("workers/0", far)
+    assert node.stats["dropped: model_request for a round this validator does not keep"] == 1
+    assert all(k[2] == 0 for k in node.requests)  # a far round leaves no counter behind
+    node.transport.sent.clear()
+    gradient = wire.encode(wire.GRADIENT_REQUEST, wire.round_body(0, (1).to_bytes(4, "big")))
+    limit = GRADIENT_REQUESTS_PER_WORKER * node.W
+    for _ in range(limit + 1):
+        node.on_message("validator/2", gradient)
+    assert len(node.transport.sent) == limit
+
+
+def _closed_run(cluster, tmp_path, checkpoint_every):
+    import shutil
+
+    from pot_jax.protocol.runner import run_protocol
+
+    _, keys, keys_dir = cluster
+    sim = tmp_path / "sim"
+    config = ProtocolConfig(
+        **{**TINY, "checkpoint_every": checkpoint_every}, run_dir=str(sim), keys=str(keys_dir)
+    )
+    run_protocol(config)
+    data = tmp_path / "v"
+    shutil.copytree(sim, data)
+    ctx = load_context(json.loads((sim / "config.json").read_text()))
+    return ctx, keys, data
+
+
+def _restarted(ctx, keys, data, index=1):
+    node = ValidatorNode(ctx, index, keys.validator_secret_keys[index], ENDPOINTS, data)
+    node.loop = asyncio.new_event_loop()
+    node.transport = FakeTransport()
+    node.begin()
+    return node
+
+
+def test_a_restarted_validator_re_executes_only_the_rounds_since_its_last_checkpoint(
+    cluster, tmp_path
+):
+    from pot_jax.protocol.audit import Auditor
+    from pot_jax.protocol.transcript import TRANSCRIPT_NAME, RecordKind, TranscriptReader
+
+    ctx, keys, data = _closed_run(cluster, tmp_path, checkpoint_every=2)
+    (data / "summary.json").unlink()
+    records = list(TranscriptReader(data / TRANSCRIPT_NAME))
+    ledgers = [r for r in records if r.kind == RecordKind.LEDGER]
+    with open(data / TRANSCRIPT_NAME, "r+b") as f:
+        f.truncate(ledgers[2].end)  # crashed before closing; last checkpoint: after round 1
+    node = _restarted(ctx, keys, data)
+    assert node.state.round == 3 and not node.closed
+    assert node.stats["rounds re-executed at restart"] == 1  # round 2 only, not 0 and 1
+    full = Auditor(tmp_path / "sim", recompute=1.0)  # canary: the whole run re-executed
+    assert full.run().ok and full.state.params_hash == node.state.params_hash
+    node.writer.close()
+
+
+def test_a_validator_restarted_after_closing_serves_its_peers_and_writes_nothing(cluster, tmp_path):
+    """Its transcript passed the audit already: it is kept byte for byte, and the validator
+    sends its closing vote again and answers a peer's vote with its own (a peer that was
+    down when the votes went round needs a quorum of them to close)."""
+    from pot_jax.protocol.transcript import TRANSCRIPT_NAME
+
+    ctx, keys, data = _closed_run(cluster, tmp_path, checkpoint_every=2)
+    before = (data / TRANSCRIPT_NAME).read_bytes()
+    node = _restarted(ctx, keys, data)
+    assert node.closed and node.state.round == TINY["rounds"]
+    assert node.stats["rounds re-executed at restart"] == 0  # the run ends in a checkpoint
+    votes = [(p, d) for p, d in node.transport.sent if d[0] == wire.CLOSING_VOTE]
+    assert sorted(p for p, _ in votes) == ["validator/0", "validator/2", "validator/3"]
+    node.transport.sent.clear()
+    peer_vote = [d for p, d in _restarted(ctx, keys, data, index=2).transport.sent if d[0] == wire.CLOSING_VOTE][0]  # fmt: skip
+    node.on_message("validator/2", peer_vote)
+    node.on_message("validator/2", peer_vote)  # a vote it already has is not answered again
+    assert [p for p, d in node.transport.sent if d[0] == wire.CLOSING_VOTE] == ["validator/2"]
+    assert (data / TRANSCRIPT_NAME).read_bytes() == before
+
+
 # A node process's XLA client, made with one intra-op thread (``one_compute_thread``): its
 # thread count, where its threads may run, and what it computes, printed as JSON.
 _ONE_THREAD_PROBE = """
