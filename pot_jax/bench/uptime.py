@@ -105,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--churn-every", type=int, default=25, help="rounds between worker-host kills")
     p.add_argument("--crash-round", type=int, default=40)
     p.add_argument("--restart-after", type=float, default=5.0)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="rounds between transcript checkpoints: a restarted validator re-executes the "
+        "rounds since its last one",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="runs/uptime")
     p.add_argument("--out", default=str(RESULT))
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         byzantine_fraction=0.0,
         rounds=args.rounds,
         eval_every=args.rounds,
-        checkpoint_every=max(1, args.rounds // 4),
+        checkpoint_every=min(args.checkpoint_every, args.rounds),
         seed=args.seed,
         run_dir=str(run_dir),
     )
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "views": max(r["view"] for r in rows),
         "kills": kills,
+        "restarts": _restarts(run_dir / "nodes"),
         "memory_peak_mib": {
             "validator_max": max(validators.values(), default=0) / 1024,
             "worker_host_max": max(hosts.values(), default=0) / 1024,
@@ -234,6 +242,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{report['memory_peak_mib']['worker_host_max']:.0f} MiB"
         )
     return 0
+
+
+def _restarts(nodes: Path) -> dict[str, dict[str, int]]:
+    """Per validator that restarted: its restarts and the rounds it re-executed to resume."""
+    out = {}
+    for path in sorted(nodes.glob("validator-*/node-stats.json")):
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if stats.get("restarts"):
+            out[path.parent.name] = {
+                "restarts": stats["restarts"],
+                "rounds_re_executed": stats.get("rounds re-executed at restart", 0),
+            }
+    return out
 
 
 if __name__ == "__main__":
