@@ -22,7 +22,7 @@ from pot_jax.deploy import wire
 from pot_jax.deploy.cluster import read_key_file
 from pot_jax.deploy.context import ContextError, load_context
 from pot_jax.deploy.node import Endpoints, NodeError, ValidatorNode
-from pot_jax.deploy.store import VoteLog, VoteLogError
+from pot_jax.deploy.store import MAGIC, VoteLog, VoteLogError, encode_record, read_records
 from pot_jax.deploy.worker_host import WorkerHost
 from pot_jax.learning.encoding import encode_pytree, flat_digest
 from pot_jax.protocol.keys import KeyFileError, generate_keys, report_key, write_key_dir
@@ -223,10 +223,11 @@ def test_vote_log_round_trips_and_refuses_a_tampered_file(cluster, tmp_path):
     with pytest.raises(VoteLogError, match="does not hash to its name"):
         VoteLog(log.path).load()
     value.write_bytes(b"request")
-    raw = json.loads(log.path.read_text())
-    raw["signed"] = [["prepare", "x", 1, "zz"]]
-    log.path.write_text(json.dumps(raw))
-    with pytest.raises(VoteLogError, match="votes.json"):
+    (payload,), _ = read_records(log.path.read_bytes())
+    raw = json.loads(payload)
+    raw["state"]["signed"] = [["prepare", "x", 1, "zz"]]
+    log.path.write_bytes(MAGIC + encode_record(json.dumps(raw).encode()))
+    with pytest.raises(VoteLogError, match="votes.json: the state at record 0 is malformed"):
         log.load()
 
 
