@@ -831,7 +831,7 @@ async def _host_replicas(spec: dict, k: int) -> None:
             seed=i,
         )
         if spec["vote_log"]:
-            logs[i] = VoteLog(d / f"votes-{i}.json")
+            logs[i] = VoteLog(d / f"validator-{i}" / "votes.log")  # own values/, as a node
         await transports[i].start()
         apply(i, StepResult(initial_state(replicas[i])))
     (d / "ready").write_text(str(os.getpid()))
@@ -992,6 +992,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=("goodput", "latency"), default=None)
     p.add_argument("--rounds", type=int, default=None, help="goodput rounds per run")
     p.add_argument("--repeats", type=int, default=None, help="plain/PoT pairs, alternating")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="goodput: per-worker batch (the compute per round; default 8)",
+    )
     p.add_argument("--validators", default=None, help="latency: comma-separated n")
     p.add_argument("--values", type=int, default=None, help="latency: values per point")
     p.add_argument(
@@ -1033,6 +1039,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         goodput = dataclasses.replace(goodput, rounds=args.rounds)
     if args.repeats is not None:
         goodput = dataclasses.replace(goodput, repeats=args.repeats)
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            print(f"--batch-size {args.batch_size}: expected a positive integer", file=sys.stderr)
+            return 2
+        goodput = dataclasses.replace(goodput, batch_size=args.batch_size)
     if args.validators is not None:
         latency = dataclasses.replace(
             latency, validators=tuple(int(x) for x in args.validators.split(","))
