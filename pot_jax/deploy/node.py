@@ -100,10 +100,14 @@ log = logging.getLogger(__name__)
 FETCH_RETRY = 4.0  # network delays before missing gradients and reports are asked for again
 STATS_EVERY = 5.0  # seconds between refreshes of node-stats.json
 HISTORY_ROUNDS = 64  # rounds of submissions and reports kept for peers that fall behind
-# Requests a validator answers per peer and round (a model reply is the whole model, ~0.3 MB
-# for a 40-byte request; without a bound one peer could make it send that without end).
-REQUEST_BUDGET = {"model_request": 4, "reports_request": 4}
-GRADIENT_REQUESTS_PER_WORKER = 4  # a peer's retries for each worker's gradient, per round
+# What a validator answers, per peer (a model reply is the whole model, ~0.3 MB for a 40-byte
+# request; without a bound one peer could make it send that without end). A round's model is
+# asked for once, and again on a loss: MODEL_REQUESTS_PER_ROUND per peer and round. Reports
+# and gradients are asked for again every FETCH_RETRY delays while a peer still lacks them,
+# for as long as that takes: a bucket per peer holds a burst of REQUEST_BURST requests
+# (gradient requests: per worker) and refills one every FETCH_RETRY delays.
+MODEL_REQUESTS_PER_ROUND = 4
+REQUEST_BURST = 4
 STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker trains on is
 
 
@@ -364,7 +368,9 @@ class ValidatorNode(_Base):
         self.round_started = 0.0
         self.stale = collections.deque(maxlen=STALE_ROUNDS)
         self.closing_votes: dict[int, bytes] = {}
-        self.requests: collections.Counter = collections.Counter()  # (peer, kind, round) -> n
+        self.model_requests: collections.Counter = collections.Counter()  # (peer, round) -> n
+        self.reports_asked: dict[int, float] = {}  # round -> when this validator last asked
+        self.buckets: dict[tuple[str, int], tuple[float, float]] = {}  # -> (tokens, time)
         self.closed = False
         self.writer: TranscriptWriter | None = None
         self.metrics: JsonLines | None = None
@@ -502,8 +508,8 @@ class ValidatorNode(_Base):
             self.validator.step(Committed(state))
         self.fetched = collections.defaultdict(dict, {state.round: {}})
         self.fetched_subs = {r: v for r, v in self.fetched_subs.items() if r >= state.round}
-        self.requests = collections.Counter(
-            {k: n for k, n in self.requests.items() if k[2] > state.round - HISTORY_ROUNDS}
+        self.model_requests = collections.Counter(
+            {k: n for k, n in self.model_requests.items() if k[1] >= state.round}
         )
         self.requested.clear()
         self.reported = self.proposing = False
@@ -599,18 +605,29 @@ class ValidatorNode(_Base):
             self.drop(f"{wire.KIND_NAMES[kind]} is not for a validator")
 
     def _within_budget(self, sender: str, kind: int, body: bytes) -> bool:
-        """Count a request against its peer's budget for its round; False: dropped."""
-        r, _ = wire.split_round(body, wire.KIND_NAMES[kind])
-        if not self.state.round - HISTORY_ROUNDS < r <= self.state.round:
-            self.drop(f"{wire.KIND_NAMES[kind]} for a round this validator does not keep")
-            return False
+        """Count a request against its peer's budget; False: dropped, with the reason."""
         name = wire.KIND_NAMES[kind]
-        limit = REQUEST_BUDGET.get(name, GRADIENT_REQUESTS_PER_WORKER * self.W)
-        key = (sender, kind, r)
-        self.requests[key] += 1
-        if self.requests[key] > limit:
-            self.drop(f"rate limit: more than {limit} of {name}s from one peer in a round")
+        r, _ = wire.split_round(body, name)
+        if not self.state.round - HISTORY_ROUNDS < r <= self.state.round:
+            self.drop(f"{name} for a round this validator does not keep")
             return False
+        if kind == wire.MODEL_REQUEST:
+            self.model_requests[(sender, r)] += 1
+            if self.model_requests[(sender, r)] > MODEL_REQUESTS_PER_ROUND:
+                self.drop(f"rate limit: {name} for one round more than {MODEL_REQUESTS_PER_ROUND}x")
+                return False
+            return True
+        burst = REQUEST_BURST * (self.W if kind == wire.GRADIENT_REQUEST else 1)
+        now = time.monotonic()
+        tokens, then = self.buckets.get((sender, kind), (float(burst), now))
+        tokens = min(
+            burst, tokens + (now - then) / (FETCH_RETRY * self.scale) * burst / REQUEST_BURST
+        )
+        if tokens < 1.0:
+            self.buckets[(sender, kind)] = (tokens, now)
+            self.drop(f"rate limit: {name}s faster than one every {FETCH_RETRY:g} delays")
+            return False
+        self.buckets[(sender, kind)] = (tokens - 1.0, now)
         return True
 
     def _defer(self, r: int, sender, kind, body) -> bool:
@@ -740,6 +757,13 @@ class ValidatorNode(_Base):
             self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
 
     def _request_reports(self, r: int) -> None:
+        # Asked again at most every FETCH_RETRY delays: a commit retried on each fetched
+        # gradient asked again with every one (1,800 requests to each peer in one catch-up).
+        now = time.monotonic()
+        asked = self.reports_asked.get(r)
+        if asked is not None and now - asked < 0.9 * FETCH_RETRY * self.scale:
+            return
+        self.reports_asked = {r: now}
         request = wire.encode(wire.REPORTS_REQUEST, wire.round_body(r, b""))
         for j in range(self.n):
             if j != self.index:

@@ -353,33 +353,73 @@ def test_only_validators_get_a_rounds_reports_or_gradients_on_request(cluster, t
     assert kinds == [wire.REPORT, wire.GRADIENT]  # canary: a validator is answered
 
 
-def test_requests_past_a_peers_budget_for_a_round_are_dropped(cluster, tmp_path):
-    """A model reply is the whole model for a 40-byte request: one peer gets a bounded number."""
-    from pot_jax.deploy.node import GRADIENT_REQUESTS_PER_WORKER, REQUEST_BUDGET
+def test_requests_past_a_peers_budget_are_dropped_and_the_budget_refills(
+    cluster, tmp_path, monkeypatch
+):
+    """A model reply is the whole model for a 40-byte request: one peer gets a bounded number
+    per round. Reports and gradients are asked for again while a peer lacks them, for as long
+    as that takes: their budget refills at the retry rate."""
+    import time
 
+    from pot_jax.deploy.node import FETCH_RETRY, MODEL_REQUESTS_PER_ROUND, REQUEST_BURST
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     node, ctx, keys = _validator(cluster, tmp_path)
     node.on_message("workers/1", _wire_submission(_submission(ctx, keys, 1)))
+    node.report()
     node.transport.sent.clear()
     ask = wire.encode(wire.MODEL_REQUEST, wire.round_body(0, ctx.state0.params_hash))
-    budget = REQUEST_BUDGET["model_request"]
-    for _ in range(budget + 3):
+    for _ in range(MODEL_REQUESTS_PER_ROUND + 3):
         node.on_message("workers/0", ask)
     models = [d for p, d in node.transport.sent if d[0] == wire.MODEL]
-    assert len(models) == budget  # canary: the first ones are answered
-    assert node.stats[f"dropped: rate limit: more than {budget} of model_requests from one "
-                      "peer in a round"] == 3  # fmt: skip
+    assert len(models) == MODEL_REQUESTS_PER_ROUND  # canary: the first ones are answered
+    assert sum(v for k, v in node.stats.items() if "rate limit: model_request" in k) == 3
     node.on_message("workers/1", ask)  # another peer has its own budget
     assert len([d for p, d in node.transport.sent if p == "workers/1"]) == 1
     far = wire.encode(wire.MODEL_REQUEST, wire.round_body(10**9, ctx.state0.params_hash))
     node.on_message("workers/0", far)
     assert node.stats["dropped: model_request for a round this validator does not keep"] == 1
-    assert all(k[2] == 0 for k in node.requests)  # a far round leaves no counter behind
-    node.transport.sent.clear()
+    assert all(r == 0 for _, r in node.model_requests)  # a far round leaves no counter behind
+
+    reports = wire.encode(wire.REPORTS_REQUEST, wire.round_body(0, b""))
+
+    def answered():
+        n = len([d for p, d in node.transport.sent if p == "validator/2"])
+        node.transport.sent.clear()
+        return n
+
+    for _ in range(REQUEST_BURST + 5):
+        node.on_message("validator/2", reports)
+    assert answered() == REQUEST_BURST  # one report held, sent once per answered request
+    clock[0] += FETCH_RETRY * node.scale  # one retry interval later: one more is answered
+    node.on_message("validator/2", reports)
+    node.on_message("validator/2", reports)
+    assert answered() == 1
     gradient = wire.encode(wire.GRADIENT_REQUEST, wire.round_body(0, (1).to_bytes(4, "big")))
-    limit = GRADIENT_REQUESTS_PER_WORKER * node.W
-    for _ in range(limit + 1):
+    for _ in range(REQUEST_BURST * node.W + 1):
         node.on_message("validator/2", gradient)
-    assert len(node.transport.sent) == limit
+    assert answered() == REQUEST_BURST * node.W
+
+
+def test_a_validator_asks_for_a_rounds_reports_at_most_once_per_retry_interval(
+    cluster, tmp_path, monkeypatch
+):
+    import time
+
+    from pot_jax.deploy.node import FETCH_RETRY
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    node, _, _ = _validator(cluster, tmp_path)
+    node.transport.sent.clear()
+    for _ in range(5):  # e.g. a commit retried on each fetched gradient
+        node._request_reports(0)
+    asked = [p for p, d in node.transport.sent if d[0] == wire.REPORTS_REQUEST]
+    assert sorted(asked) == ["validator/0", "validator/2", "validator/3"]  # once each
+    clock[0] += FETCH_RETRY * node.scale
+    node._request_reports(0)
+    assert len([p for p, d in node.transport.sent if d[0] == wire.REPORTS_REQUEST]) == 6
 
 
 def _closed_run(cluster, tmp_path, checkpoint_every):
