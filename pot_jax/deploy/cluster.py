@@ -484,6 +484,7 @@ def up(
     honest = [i for i in range(n) if i not in config.byzantine_validator_ids]
     schedule = _parse_kills(kill, n, len(hosts))
     kills_done: list = []
+    previous_term = _interrupt_on_sigterm()
     try:
         echo(
             f"pot-jax up: {n} validators, {len(hosts)} worker host(s) for {W} training nodes "
@@ -543,6 +544,7 @@ def up(
             runner.close()
         finally:
             _restore_sigint(previous)
+            _restore_sigterm(previous_term)
 
     chosen = next(i for i in honest if (nodes_dir / f"validator-{i}" / "closed.json").exists())
     src = nodes_dir / f"validator-{chosen}"
@@ -641,6 +643,25 @@ def _committed_rounds(nodes_dir: Path, honest) -> int:
     return max(
         (len(_rows(nodes_dir / f"validator-{i}" / "metrics.jsonl")) for i in honest), default=0
     )
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM stops the run as Ctrl-C does, every node process with it (a scheduler, timeout
+    or kill ends the supervisor with SIGTERM; it left every node running). A supervisor
+    started in the background by a shell ignores SIGINT, so there this is the only way."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: the caller handles its own signals
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ignore_sigint():

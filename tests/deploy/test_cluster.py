@@ -106,7 +106,8 @@ def test_killed_worker_host_misses_rounds_rejoins_and_is_never_slashed_on_a_loss
     assert report.status == Status.PASSED, report.reason
 
 
-def test_ctrl_c_stops_every_node_process(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl_c_twice", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_node_process(tmp_path, how):
     argv = [
         sys.executable, "-m", "pot_jax.cli", "up", "--dataset", "teacher", "--workers", "4",
         "--batch-size", "8", "--hidden", "16", "--rounds", "100000", "--time-scale", "0.1",
@@ -120,9 +121,12 @@ def test_ctrl_c_stops_every_node_process(tmp_path):
     assert (nodes / "start").exists(), up_proc.stdout.read1().decode(errors="replace")
     pids = [int((d / "ready").read_text()) for d in nodes.iterdir() if (d / "ready").exists()]
     assert len(pids) == 5  # 4 validators and one worker host
-    up_proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    up_proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C while it stops the nodes
+    if how == "sigterm":  # a scheduler, timeout(1) or kill; or a shell's background job
+        up_proc.send_signal(signal.SIGTERM)
+    else:
+        up_proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        up_proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C while it stops nodes
     out, _ = up_proc.communicate(timeout=60)
     assert up_proc.returncode == 130, out.decode(errors="replace")
     for pid in pids:
