@@ -357,7 +357,7 @@ class ValidatorNode(_Base):
             supersedes=supersedes,
         )
         self.replica = Replica(rc, index, secret_key, Verifier(ctx.validator_set))
-        self.votelog = VoteLog(self.data_dir / "votes.json")
+        self.votelog = VoteLog(self.data_dir / "votes.log", legacy=self.data_dir / "votes.json")
         self.linger = linger
         self.pstate = None
         self.state = ctx.state0
