@@ -117,7 +117,7 @@ def test_with_a_shared_coin_the_colluders_are_banned_together_in_the_first_share
     _same(run(late, 0.0)[1:], run(INNER, 0.0)[1:])
 
 
-def _round(round_, seed, grads, byz):
+def _round(round_, seed, grads, byz, sampled=(False, False)):
     g = jnp.asarray(grads)
     return rb._Round(
         ref_CxP=g,
@@ -127,7 +127,7 @@ def _round(round_, seed, grads, byz):
         flipped=lambda: None,
         byz_idx_F=jnp.asarray(byz),
         key=lambda: jax.random.key(0),
-        sampled_F=jnp.array([False, False]),
+        sampled_F=jnp.array(sampled),
         round=round_,
         seed=seed,
     )
@@ -182,17 +182,7 @@ def test_the_oracle_sends_its_own_row_exactly_where_sampled_and_the_inner_attack
     rule = RULES.build("mean", flag="x")
     grads = np.random.default_rng(0).standard_normal((W, 7)).astype(np.float32)
     byz = np.array([1, 3])
-    g = jnp.asarray(grads)
-    rnd = rb._Round(
-        ref_CxP=g,
-        base_WxP=g,
-        byz_W=jnp.asarray(np.isin(np.arange(W), byz)),
-        own_FxP=g[byz],
-        flipped=lambda: None,
-        byz_idx_F=jnp.asarray(byz),
-        key=lambda: jax.random.key(0),
-        sampled_F=jnp.array([True, False]),
-    )
+    rnd = _round(None, None, grads, byz, sampled=(True, False))
     oracle = rb.jax_attack(
         f"{WRAPPED},knows=oracle", rule=rule, n_workers=W, n_byzantine=F, protocol_mode=True
     )
