@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -70,6 +71,15 @@ def _node_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="seconds per network delay of the simulator (deadlines and PBFT timers)",
     )
+    p.add_argument(
+        "--request-timeout",
+        type=_positive_delays,
+        default=None,
+        metavar="DELAYS",
+        help="network delays a validator waits for a proposal to commit before it asks for a "
+        "view change (PBFT's request and view-change timers; default 8). Longer than a "
+        "round's honest work, or every slow round changes the view",
+    )
     p.add_argument("--faults", default=None, metavar="FILE", help="fault schedule (JSON)")
     p.add_argument("--fault-start", type=float, default=None, help="unix time faults count from")
     p.add_argument("--start-file", default=None, help="wait for this file before round 0")
@@ -82,6 +92,16 @@ def _node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="WARNING")
     return p
+
+
+def _positive_delays(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of delays")
+    return value
 
 
 def read_key_file(path: str | Path) -> tuple[str, int, dict]:
@@ -128,6 +148,7 @@ def build_node(args):
             args.data_dir,
             time_scale=args.time_scale,
             linger=args.linger,
+            request_timeout=args.request_timeout,
         )
         sign = lambda m: ctx.rules.report_scheme.sign(node.report_sk, m)  # noqa: E731
     else:
@@ -405,6 +426,7 @@ def up(
     restart_after: float = 2.0,
     engine: str = "processes",
     ray_address: str | None = None,
+    request_timeout: float | None = None,
     echo=print,
 ) -> UpResult:
     """Run ``config`` on a local cluster of node processes; see the module docstring."""
@@ -463,6 +485,8 @@ def up(
         argv += ["--genesis", str(genesis_file), "--peers", str(peers_file)]
         argv += ["--listen", address, "--data-dir", str(data_dir)]
         argv += ["--time-scale", str(time_scale), "--start-file", str(start_file)]
+        if request_timeout is not None and role == "validator":
+            argv += ["--request-timeout", str(request_timeout)]
         if config.data_dir:
             argv += ["--dataset-dir", str(config.data_dir)]
         if faults:
@@ -581,6 +605,7 @@ def up(
             "processes": len(procs),
             "worker_hosts": len(hosts),
             "time_scale": time_scale,
+            "request_timeout": request_timeout,
             "faults": faults,
             "kills": kills_done,
             "node_stats": stats,
@@ -695,6 +720,13 @@ def _up_parser() -> argparse.ArgumentParser:
     add_config_args(p, ProtocolConfig)
     p.add_argument("--worker-hosts", type=int, default=1, help="processes hosting training nodes")
     p.add_argument("--time-scale", type=float, default=0.25, help="seconds per network delay")
+    p.add_argument(
+        "--request-timeout",
+        type=_positive_delays,
+        default=None,
+        metavar="DELAYS",
+        help="PBFT's request and view-change timers of every validator (default 8 delays)",
+    )
     p.add_argument("--faults", default=None, metavar="FILE", help="fault schedule (JSON)")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument(
@@ -734,6 +766,7 @@ def up_main(argv: list[str]) -> int:
             restart_after=args.restart_after,
             engine=args.engine,
             ray_address=args.address,
+            request_timeout=args.request_timeout,
         )
     except KeyboardInterrupt:
         print("pot-jax up: interrupted; every node process was stopped", file=sys.stderr)

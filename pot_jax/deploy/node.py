@@ -302,7 +302,16 @@ class ValidatorNode(_Base):
     """One validator process: verification role, aggregation server and PBFT replica."""
 
     def __init__(
-        self, ctx, index, secret_key, endpoints, data_dir, *, time_scale=0.25, linger=None
+        self,
+        ctx,
+        index,
+        secret_key,
+        endpoints,
+        data_dir,
+        *,
+        time_scale=0.25,
+        linger=None,
+        request_timeout=None,
     ):
         super().__init__(ctx, f"validator/{index}", endpoints, data_dir, time_scale)
         config = ctx.config
@@ -355,6 +364,12 @@ class ValidatorNode(_Base):
             max_value_bytes=1 << 22,
             validate=(lambda value: True) if votes_anything else self._validate,
             supersedes=supersedes,
+            # Node-local timing (not part of the signed run): a round's honest work must fit.
+            **(
+                {}
+                if request_timeout is None
+                else {"request_timeout": request_timeout, "view_change_timeout": request_timeout}
+            ),
         )
         self.replica = Replica(rc, index, secret_key, Verifier(ctx.validator_set))
         self.votelog = VoteLog(self.data_dir / "votes.log", legacy=self.data_dir / "votes.json")

@@ -555,3 +555,24 @@ def test_one_compute_thread_gives_xla_one_thread_keeps_every_cpu_and_the_same_bi
     assert default["xla_threads"] > 1  # canary: the probe can see a pool of several
     assert one["thread_cpus"] == [one["cpus"]]  # JSON: one list per distinct CPU set
     assert one["digest"] == default["digest"]
+
+
+def test_a_validators_pbft_timers_follow_its_request_timeout(cluster, tmp_path):
+    """Node-local timing: the request and view-change timers, in delays; not in the genesis."""
+    from pot_jax.deploy.cluster import _node_parser
+
+    header, keys, _ = cluster
+    ctx = load_context(header)
+    node = ValidatorNode(
+        ctx, 1, keys.validator_secret_keys[1], ENDPOINTS, tmp_path / "v", request_timeout=24.0
+    )
+    assert node.replica.config.request_timeout == 24.0
+    assert node.replica.config.view_change_timeout == 24.0
+    default = ValidatorNode(ctx, 2, keys.validator_secret_keys[2], ENDPOINTS, tmp_path / "w")
+    assert default.replica.config.request_timeout == 8.0  # canary: the default is PBFT's
+    base = ["--role", "validator", "--key", "k", "--genesis", "g", "--peers", "p"]
+    base += ["--listen", "127.0.0.1:1", "--data-dir", "d"]
+    assert _node_parser().parse_args([*base, "--request-timeout", "16"]).request_timeout == 16.0
+    for bad in ("0", "-3", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            _node_parser().parse_args([*base, "--request-timeout", bad])
