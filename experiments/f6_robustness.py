@@ -24,6 +24,7 @@ from pot_jax.bench.robustness import PRESETS, RobustnessConfig, resume_config, s
 NAME = "f6_robustness"
 REPO = Path(__file__).resolve().parents[1]
 PRE_NAMES = {"nnm": "NNM", "arc": "ARC", "clipping": "clipping", "bucketing": "bucketing"}
+RULE_LABELS = {"mda": "MDA", "meamed": "MeaMed", "monna": "MoNNA", "caf": "CAF"}  # ByzFL's
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ def run(config: Config, data_dir: Path) -> None:
 def aggregator_label(spec: str) -> str:
     """``clipping+nnm+trimmed_mean`` -> "clipping + NNM + trimmed mean"."""
     *pres, rule = spec.split("+")
-    return " + ".join([PRE_NAMES.get(p, p) for p in pres] + [display_name(rule)])
+    return " + ".join(
+        [PRE_NAMES.get(p, p) for p in pres] + [RULE_LABELS.get(rule) or display_name(rule)]
+    )
 
 
 def _heterogeneity_label(h: str) -> str:
@@ -130,19 +133,24 @@ def summary(data_dir: Path) -> list[str]:
     grid = _grid(origin, meta)
     s = summarize_runs(runs, sweep_config(grid))
     ref = s["reference"]
+    hs = [h for h in grid["heterogeneity"] if h in ref] or sorted(ref)
     out = [
         f"source: {origin['file'] or 'this run'} (made {origin['utc_time']}, git "
-        f"{str(origin['git_commit'])[:10]}, {origin['wall_seconds']} s)",
+        f"{str(origin['git_commit'])[:10]}, {origin['wall_seconds']} s, "
+        f"{len(origin.get('sessions') or [1])} session(s), {len(runs)} runs)",
         "no attack, mean over the honest workers (best seed-mean accuracy): "
-        + ", ".join(f"{h} {v['best']:.3f}" for h, v in ref.items()),
+        + ", ".join(f"{h} {ref[h]['best']:.3f}" for h in hs),
     ]
     cells = {
         (c["heterogeneity"], c["f"], c["aggregator"], c["verification"]): c for c in s["cells"]
     }
     clean = {(c["heterogeneity"], c["aggregator"]): c for c in s["no_attack"]}
     fs = sorted({k[1] for k in cells})
-    hs = list(ref) or sorted({k[0] for k in cells})
-    for agg in dict.fromkeys(r["aggregator"] for r in runs):
+    done = {agg for (_, _, agg, _), c in cells.items() if c["complete"]}
+    pending = [a for a in grid["aggregators"] if a not in done]
+    if pending:
+        out.append("not run yet (no complete cell): " + ", ".join(pending))
+    for agg in [a for a in dict.fromkeys(r["aggregator"] for r in runs) if a in done]:
         parts = [
             "no attack "
             + " ".join(
