@@ -115,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--request-timeout",
         type=float,
-        default=16.0,
-        help="delays a validator waits for a proposal before a view change (PBFT default 8: "
-        "at 1000 training nodes on 2 cores an honest round's work passes it, and every slow "
-        "round changed the view)",
+        default=8.0,
+        help="delays a validator waits for a proposal before a view change (PBFT's 8). At "
+        "1000 training nodes on 2 cores, 16 gave fewer view changes (18 in 97 rounds against "
+        "30 in 83) but no better uptime (86.6%% against 89.2%%): the slow rounds have another "
+        "cause",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="runs/uptime")
