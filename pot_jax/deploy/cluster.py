@@ -671,22 +671,30 @@ def _committed_rounds(nodes_dir: Path, honest) -> int:
 
 
 def _interrupt_on_sigterm():
-    """SIGTERM stops the run as Ctrl-C does, every node process with it (a scheduler, timeout
-    or kill ends the supervisor with SIGTERM; it left every node running). A supervisor
-    started in the background by a shell ignores SIGINT, so there this is the only way."""
+    """SIGTERM and SIGINT stop the run, every node process with it.
+
+    A scheduler, timeout or kill ends the supervisor with SIGTERM (it left every node
+    running). A process started in the background by a non-interactive shell inherits an
+    ignored SIGINT, and Python then installs no KeyboardInterrupt handler: a Ctrl-C or
+    ``kill -INT`` meant for it did nothing. Both are handled here, and restored after.
+    """
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return (
+            signal.signal(signal.SIGTERM, interrupt),
+            signal.signal(signal.SIGINT, signal.default_int_handler),
+        )
     except ValueError:  # not the main thread: the caller handles its own signals
         return None
 
 
 def _restore_sigterm(previous) -> None:
     if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _ignore_sigint():

@@ -106,14 +106,21 @@ def test_killed_worker_host_misses_rounds_rejoins_and_is_never_slashed_on_a_loss
     assert report.status == Status.PASSED, report.reason
 
 
-@pytest.mark.parametrize("how", ["ctrl_c_twice", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl_c_twice", "sigterm", "ctrl_c_inherited_ignored"])
 def test_ctrl_c_or_sigterm_stops_every_node_process(tmp_path, how):
     argv = [
         sys.executable, "-m", "pot_jax.cli", "up", "--dataset", "teacher", "--workers", "4",
         "--batch-size", "8", "--hidden", "16", "--rounds", "100000", "--time-scale", "0.1",
         "--run-dir", str(tmp_path / "run"), "--keys", str(tmp_path / "keys"),
     ]  # fmt: skip
-    up_proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A shell's background job inherits an ignored SIGINT; `up` must still answer it.
+    ignored = how == "ctrl_c_inherited_ignored"
+    up_proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None,
+    )
     nodes = tmp_path / "run" / "nodes"
     deadline = time.time() + 180
     while time.time() < deadline and not (nodes / "start").exists():
