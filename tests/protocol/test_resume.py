@@ -140,15 +140,20 @@ def test_resume_refuses_what_it_cannot_continue(reference, tmp_path):
     assert after == before  # refused before anything was written
 
 
-def test_an_audit_may_rebuild_the_state_from_the_last_checkpoint_only(reference):
-    """replay_from: what a restarting validator uses instead of recomputing from the genesis."""
+def test_an_audit_may_rebuild_the_state_from_the_last_checkpoint_only(reference, tmp_path):
+    """replay_from: what a restarting validator uses instead of recomputing from the genesis.
+
+    An honest run: in the reference run (budget 0.5, random keys) the sampling may miss a
+    wrong gradient, and then a full re-execution rightly fails."""
     import numpy as np
 
     from pot_jax.protocol.audit import Auditor
 
-    root, _, _ = reference
-    full = Auditor(root / "reference", recompute=1.0)
-    tail = Auditor(root / "reference", recompute=1.0, replay_from=28)  # checkpoint after 27
+    _, keys, _ = reference
+    honest = {**SETTING, "byzantine_fraction": 0.0}
+    run_protocol(ProtocolConfig(**honest, keys=str(keys), run_dir=str(tmp_path / "run")))
+    full = Auditor(tmp_path / "run", recompute=1.0)
+    tail = Auditor(tmp_path / "run", recompute=1.0, replay_from=28)  # checkpoint after 27
     reports = full.run(), tail.run()
     assert all(r.ok for r in reports), [str(r) for r in reports]
     assert reports[0].reexecuted == 30 and reports[1].reexecuted == 2
