@@ -120,7 +120,17 @@ def test_ctrl_c_or_sigterm_stops_every_node_process(tmp_path, how):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None,
+        start_new_session=True,  # its own process group, killed whole if the test fails
     )
+    try:
+        _stop_and_check(up_proc, tmp_path, how)
+    finally:
+        if up_proc.poll() is None:  # a failed run must not leave the cluster running
+            os.killpg(up_proc.pid, signal.SIGKILL)
+            up_proc.wait()
+
+
+def _stop_and_check(up_proc, tmp_path, how):
     nodes = tmp_path / "run" / "nodes"
     deadline = time.time() + 180
     while time.time() < deadline and not (nodes / "start").exists():
