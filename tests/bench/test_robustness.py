@@ -371,7 +371,8 @@ def _curves(result):
     return {rb._run_key(r): r["accuracy"] for r in result["runs"]}
 
 
-def test_a_resumed_sweep_runs_only_what_is_missing_and_equals_a_fresh_one():
+def test_a_resumed_sweep_runs_only_what_is_missing_and_equals_a_fresh_one(monkeypatch):
+    monkeypatch.setattr(rb, "SAVE_EVERY", 0.0)  # a save after every attack
     first = rb.measure_robustness(ONE_ATTACK)
     config = rb.resume_config(TWO_ATTACKS, first)
     saved = []
@@ -433,6 +434,7 @@ def test_main_resumes_an_interrupted_sweep(tmp_path, capsys, monkeypatch):
     """Killed after its first (aggregator, f, attack), a sweep resumes where it stopped."""
     out = tmp_path / "robustness.json"
     monkeypatch.setitem(rb.PRESETS, "tiny", TWO_ATTACKS)
+    monkeypatch.setattr(rb, "SAVE_EVERY", 0.0)
     real = rb.measure_robustness
 
     def interrupted(config, **kwargs):
@@ -501,3 +503,37 @@ def test_the_mnist_preset_runs_on_mnist_files_with_byzfls_cnn(tmp_path):
         ("alie", "spot_check_model"),
     }
     assert all(r["finite"] and len(r["accuracy"]) == 3 for r in result["runs"])  # steps 0, 2, 4
+
+
+def test_progress_is_saved_at_most_every_save_every_seconds(monkeypatch):
+    """Summarising every run for each save took 2 s at 10k runs: not after every call."""
+    monkeypatch.setattr(rb, "SAVE_EVERY", 3600.0)
+    saved = []
+    rb.measure_robustness(TWO_ATTACKS, on_progress=saved.append)
+    assert saved == []  # canary below: with 0 it saves after each attack
+    monkeypatch.setattr(rb, "SAVE_EVERY", 0.0)
+    rb.measure_robustness(TWO_ATTACKS, on_progress=saved.append)
+    assert len(saved) == 3  # no attack, alie, ipm
+
+
+def test_a_second_benchmark_writing_the_same_file_is_refused(tmp_path, capsys):
+    """Two sweeps saving one file would save over each other's runs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "robustness.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pot_jax.bench import robustness as rb; "
+         f"assert rb._lock(rb.Path({str(out)!r})); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert rb.main(["--preset", "tiny", "--out", str(out), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another running benchmark" in err[0]
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rb._lock(out)  # canary: once the holder is gone the lock is free
