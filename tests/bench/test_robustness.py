@@ -478,6 +478,7 @@ def test_split_specs_keeps_each_attack_with_its_parameters():
     assert rb.split_specs(",".join(rb.MINI_ATTACKS)) == rb.MINI_ATTACKS
 
 
+@pytest.mark.slow  # ~30 s of CNN compilation; the mini preset covers the same sweep code
 def test_the_mnist_preset_runs_on_mnist_files_with_byzfls_cnn(tmp_path):
     """ByzFL's published setting runs from --data-dir (synthetic IDX files here: no MNIST)."""
     from tests.learning.test_datasets import make_idx_dir

@@ -106,7 +106,16 @@ def test_killed_worker_host_misses_rounds_rejoins_and_is_never_slashed_on_a_loss
     assert report.status == Status.PASSED, report.reason
 
 
-@pytest.mark.parametrize("how", ["ctrl_c_twice", "sigterm", "ctrl_c_inherited_ignored"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        # ~30 s each (five node processes import JAX): the default run keeps the variant that
+        # covers Ctrl-C twice *and* an inherited ignored SIGINT; `-m slow` runs the other two.
+        pytest.param("ctrl_c_twice", marks=pytest.mark.slow),
+        pytest.param("sigterm", marks=pytest.mark.slow),
+        "ctrl_c_inherited_ignored",
+    ],
+)
 def test_ctrl_c_or_sigterm_stops_every_node_process(tmp_path, how):
     argv = [
         sys.executable, "-m", "pot_jax.cli", "up", "--dataset", "teacher", "--workers", "4",

@@ -87,7 +87,13 @@ def _summary(run_dir):
 
 @pytest.mark.parametrize(
     "kill_after,kill_in_put",
-    [(2, 0), (13, 0), (27, 0), (-1, 4)],
+    [
+        # The first and third kill points repeat the second's path at another round: slow only.
+        pytest.param(2, 0, marks=pytest.mark.slow),
+        (13, 0),
+        pytest.param(27, 0, marks=pytest.mark.slow),
+        (-1, 4),
+    ],
     ids=["after_round_2", "after_round_13", "after_round_27", "during_checkpoint_write"],
 )
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_bytes(
