@@ -601,7 +601,10 @@ def measure_latency_point(
                 )
         _wait_files(procs, d, [d / f"host-{k}" / "ready" for k in range(hosts)], 180.0)
         start = time.time() + 1.0
-        (d / "go").write_text(repr(start))
+        # Written whole, then renamed: a host polling for the file must never read it empty
+        # (under load one did, and every host died on float('')).
+        (d / "go.tmp").write_text(repr(start))
+        os.replace(d / "go.tmp", d / "go")
         end_by = s.values * interval + s.tail_seconds + 5.0
         _wait_files(procs, d, [d / f"host-{k}" / "finished" for k in range(hosts)], end_by + 1.0)
         (d / "stop").write_text("")
