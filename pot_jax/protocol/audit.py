@@ -73,6 +73,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pot_jax.attacks import build_attack, choose_byzantine
 from pot_jax.config import COMPONENT_FIELDS, LOCAL_FIELDS, ConfigError, ProtocolConfig
 from pot_jax.consensus.messages import value_digest
 from pot_jax.crypto.quorum import QuorumCertificate, ValidatorSet, verify_qc, vote_message
@@ -510,6 +511,33 @@ class Auditor:
             )
         return config
 
+    def _check_adversary(self, genesis: dict, config: ProtocolConfig) -> None:
+        """The genesis's Byzantine workers and attack label are what its signed config makes.
+
+        The audit counts ``honest_workers_slashed`` against the genesis's list,
+        so a list the config does not choose could hide an honest worker's
+        slashing (name it Byzantine) behind a quorum's signature.
+        """
+        chosen = list(choose_byzantine(config.workers, config.byzantine_fraction, config.seed))
+        if self._byzantine != chosen:
+            raise AuditFailure(
+                None,
+                f"the genesis names Byzantine workers {self._byzantine}; its config "
+                f"(byzantine_fraction {config.byzantine_fraction}, seed {config.seed}) "
+                f"chooses {chosen}",
+            )
+        try:
+            attack = build_attack(config.attack, aggregation=config.aggregation) if chosen else None
+        except ValueError as err:
+            raise AuditFailure(None, f"the signed config's attack is invalid: {err}") from None
+        label = None if attack is None else attack.label
+        if genesis.get("attack") != label:
+            raise AuditFailure(
+                None,
+                f"the genesis says the Byzantine workers ran {genesis.get('attack')!r}; "
+                f"its config builds {label!r}",
+            )
+
     # -- the audit ---------------------------------------------------------------------------
 
     def _audit(self, report: AuditReport) -> None:
@@ -540,6 +568,7 @@ class Auditor:
                 f"the genesis registers {len(report_keys)} report keys for "
                 f"{config.validators} validators",
             )
+        self._check_adversary(genesis, config)
 
         # Public data and the canonical functions, rebuilt from the signed config.
         try:

@@ -434,6 +434,30 @@ def test_a_genesis_edit_re_signed_by_a_quorum_is_caught_by_the_pin(run, keys, tm
     assert report.status is Status.FAILED and "you pinned" in report.reason
 
 
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        # Name a worker Byzantine that the config's seed does not choose: its slashing would
+        # then count as a Byzantine worker caught, not an honest one slashed.
+        (lambda g: g["byzantine_workers"].append(next(
+            w for w in range(8) if w not in g["byzantine_workers"])), "Byzantine workers"),
+        (lambda g: g["byzantine_workers"].pop(), "Byzantine workers"),
+        (lambda g: g.update(attack="gaussian(sigma=1.0)"), "ran"),
+        (lambda g: g.update(attack=None), "ran"),
+    ],
+    ids=["honest_named_byzantine", "byzantine_dropped", "other_attack", "no_attack"],
+)  # fmt: skip
+def test_a_re_signed_genesis_must_name_the_adversary_its_config_makes(
+    run, keys, tmp_path, edit, needle
+):
+    """The quorum that signs the genesis cannot relabel who attacked or how."""
+    _, run_dir = run
+    forged = reforge(run_dir, tmp_path / "forged", keys, genesis_edit=edit)
+    report = audit(forged)
+    assert report.status is Status.FAILED, report.reason
+    assert needle in report.reason and "config" in report.reason
+
+
 def _copy_with(run_dir, dst, edit):
     shutil.copytree(run_dir, dst)
     records = list(TranscriptReader(run_dir / TRANSCRIPT_NAME))
