@@ -83,6 +83,11 @@ class Strategy:
     runs_timers: bool = True
     role: tuple = ()  # protocol-role behaviours (pot_jax.protocol.behaviours)
 
+    @property
+    def acts(self) -> bool:
+        """Whether ``act`` does anything: a driver then lets the node act now and then."""
+        return self.act is not _no_act
+
 
 def compose(*strategies: Strategy) -> Strategy:
     """Apply ``outgoing`` rewrites in order; a message passes ``incoming`` if all pass it."""
@@ -102,7 +107,7 @@ def compose(*strategies: Strategy) -> Strategy:
         "+".join(s.name for s in strategies),
         outgoing,
         incoming,
-        act,
+        act if any(s.acts for s in strategies) else _no_act,
         all(s.runs_timers for s in strategies),
         tuple(r for s in strategies for r in s.role),
     )

@@ -629,6 +629,18 @@ class ProtocolRun:
         def decided() -> bool:  # called after every event: O(1) until the round is decided
             return all(_has_decided(x, seq) for x in honest_nodes if x.up)
 
+        # A Byzantine validator whose strategy acts unprompted (spam, replayed or forged
+        # certificates, garbage) acts once a network delay while the round runs.
+        def act(i: int) -> None:
+            if decided():
+                return  # a tick left over from a round that is over
+            self.cluster.act(i)
+            net.schedule(net.time + net.config.delta, lambda: act(i))
+
+        for x in self.cluster.nodes:
+            if x.strategy is not None and getattr(x.strategy, "acts", True):
+                net.schedule(t0 + net.config.delta / 2, lambda i=x.id: act(i))
+
         self.net.run(until=t0 + MAX_ROUND_VIRTUAL_TIME, stop=decided)
         if not decided():
             faulty = len(self.config.byzantine_validator_ids)

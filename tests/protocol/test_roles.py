@@ -330,3 +330,27 @@ def test_a_round_where_nothing_arrives_in_time_commits_and_keeps_the_model(tmp_p
         record = RoundRecord.decode(payload)
         assert not record.accepted and record.new_params_hash == record.params_hash
         assert {x.category for x in record.rejected} == {"no_submission"}
+
+
+@pytest.mark.parametrize(
+    "strategy", ["garbage", "view_change_spam", "replay_old_qcs+forged_bitmaps"]
+)
+def test_a_validator_whose_strategy_acts_unprompted_does_act_and_the_run_stays_safe(
+    tmp_path, strategy
+):
+    """Spam, replayed and forged certificates reach the honest replicas, which drop them.
+
+    Before, the protocol runner never let a Byzantine validator act: these strategies
+    ran as an honest replica and the honest replicas dropped nothing.
+    """
+    fields = {**TINY, "rounds": 4, "keys": "derived", "byzantine_validators": "1"}
+    config = ProtocolConfig(**fields, validator_strategy=strategy, run_dir=str(tmp_path / "run"))
+    run = ProtocolRun(config)
+    summary = run.run()
+    _safe(summary, tmp_path / "run")
+    honest = [x for x in run.cluster.nodes if x.id != 1]
+    assert all(len(x.decisions) >= 4 for x in honest)
+    # An honest run drops only late messages and the app-rejected proposal of a past round.
+    dropped = run.cluster.stats.replica_dropped
+    unusual = {k: v for k, v in dropped.items() if k not in ("late", "app-rejected")}
+    assert unusual, f"{strategy}: the honest replicas dropped only {dict(dropped)}"
