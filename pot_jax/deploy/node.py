@@ -39,18 +39,22 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from pot_jax.consensus.messages import bundle_parts
 from pot_jax.consensus.pbft import (
     Decision,
     Deliver,
     Replica,
     ReplicaConfig,
+    Send,
     Submit,
     TimerExpired,
     durable_state,
@@ -108,6 +112,7 @@ HISTORY_ROUNDS = 64  # rounds of submissions and reports kept for peers that fal
 # (gradient requests: per worker) and refills one every FETCH_RETRY delays.
 MODEL_REQUESTS_PER_ROUND = 4
 REQUEST_BURST = 4
+ACT_EVERY = 1.0  # network delays between a Byzantine strategy's unprompted acts
 STALE_ROUNDS = 5  # as the simulator's runner: how old the model a lazy worker trains on is
 
 
@@ -324,12 +329,13 @@ class ValidatorNode(_Base):
         bad = index in config.byzantine_validator_ids
         strategy = byzantine.build_strategy(config.validator_strategy) if bad else None
         self.silent = bad and strategy.name == "silent"
-        if bad and not self.silent and not _only_role(strategy):
-            raise NodeError(
-                f"validator strategy {config.validator_strategy!r} rewrites PBFT messages; the "
-                "deployment runtime runs 'silent' and the role behaviours (protocol.behaviours) "
-                "only: run it in the simulator (pot-jax train)"
-            )
+        # A Byzantine validator's consensus misbehaviour (network.byzantine), run on the real
+        # messages as the simulator runs it: its outgoing PBFT messages rewritten, its incoming
+        # ones filtered, and now and then an unprompted act. None: honest PBFT.
+        self.strategy = strategy if bad and not self.silent and not _only_role(strategy) else None
+        self.byzantine_view = (
+            _ByzantineView(self, config, strategy) if self.strategy is not None else None
+        )
         roles = strategy.role if bad else ()
         self.validator = Validator(
             index,
@@ -437,6 +443,8 @@ class ValidatorNode(_Base):
                     self.queue.append(Decision(seq, cert.view, cert.digest, cert.value))
             self._apply(recover(self.replica, durable))
             self._drain()
+        if self.strategy is not None and getattr(self.strategy, "acts", True):
+            self.later(ACT_EVERY, self._act)
 
     def _restore(self, path: Path) -> None:
         """Resume from this validator's own transcript after a crash.
@@ -595,11 +603,13 @@ class ValidatorNode(_Base):
             if src is None:
                 self.drop("consensus message from a non-validator")
                 return
-            self.current_pbft = (src, body)
-            try:
-                self._apply(step(self.replica, self.pstate, Deliver(src, body)))
-            finally:
-                self.current_pbft = None
+            if self.strategy is not None:  # judged one bundled message at a time, as simulated
+                view = self.byzantine_view
+                for part in bundle_parts(body):
+                    if self.strategy.incoming(view, src, part, view):
+                        self._deliver_pbft(src, part)
+            else:
+                self._deliver_pbft(src, body)
             self._fetch_missing()
         elif kind in (wire.REPORTS_REQUEST, wire.GRADIENT_REQUEST, wire.MODEL_REQUEST):
             if self._within_budget(sender, kind, body):
@@ -618,6 +628,13 @@ class ValidatorNode(_Base):
             self._closing_vote(sender, body)
         else:
             self.drop(f"{wire.KIND_NAMES[kind]} is not for a validator")
+
+    def _deliver_pbft(self, src: int, data: bytes) -> None:
+        self.current_pbft = (src, data)
+        try:
+            self._apply(step(self.replica, self.pstate, Deliver(src, data)))
+        finally:
+            self.current_pbft = None
 
     def _within_budget(self, sender: str, kind: int, body: bytes) -> bool:
         """Count a request against its peer's budget; False: dropped, with the reason."""
@@ -867,16 +884,36 @@ class ValidatorNode(_Base):
         for drop in result.drops:
             self.drop(f"pbft: {drop.reason}")
         self.evidence.extend(result.evidence)
-        for s in result.sends:
+        sends = result.sends
+        if self.strategy is not None:
+            # Strategies rewrite single messages: unbundle what the honest logic bundled.
+            sends = [Send(s.dest, p) for s in sends for p in bundle_parts(s.data)]
+            sends = self.strategy.outgoing(self.byzantine_view, sends, self.byzantine_view)
+        self._send_pbft(sends)
+        if self.strategy is None or self.strategy.runs_timers:
+            for t in result.timers:
+                self.later(t.delay, self._timer, t.name, t.token)
+        self.queue.extend(result.decisions)
+        self._drain()
+
+    def _send_pbft(self, sends) -> None:
+        for s in sends:
             data = wire.encode(wire.PBFT, s.data)
             targets = range(self.n) if s.dest is None else (s.dest,)
             for j in targets:
                 if j != self.index:
                     self.transport.send(f"validator/{j}", data)
-        for t in result.timers:
-            self.later(t.delay, self._timer, t.name, t.token)
-        self.queue.extend(result.decisions)
-        self._drain()
+
+    def _act(self) -> None:
+        """A Byzantine strategy's unprompted act (spam, replays, forgeries), once a delay."""
+        if self.closed:
+            return
+        view = self.byzantine_view
+        sends = self.strategy.act(view, view)
+        self.stats["byzantine acts"] += 1
+        self.stats["byzantine messages sent"] += len(sends)
+        self._send_pbft(sends)
+        self.later(ACT_EVERY, self._act)
 
     def _timer(self, name: str, token: int) -> None:
         self._apply(step(self.replica, self.pstate, TimerExpired(name, token)))
@@ -1098,6 +1135,35 @@ def _only_role(strategy) -> bool:
         and strategy.incoming is honest.incoming
         and strategy.act is honest.act
     )
+
+
+class _ByzantineView:
+    """What a ``network.byzantine`` strategy reads of its node and of the cluster, here.
+
+    A strategy takes ``(node, sends, cluster)``: of the node it reads ``identity``,
+    ``replica`` and ``state``; of the cluster ``nodes`` (each peer's identity, and the
+    strategy of the colluders, who share the run's config) and ``rng``, seeded from the
+    run's seed and this validator's index so that a rerun misbehaves the same way.
+    """
+
+    def __init__(self, owner: ValidatorNode, config, strategy) -> None:
+        self._owner = owner
+        self.identity = owner.index
+        self.strategy = strategy
+        bad = set(config.byzantine_validator_ids)
+        self.nodes = [
+            SimpleNamespace(identity=j, strategy=strategy if j in bad else None)
+            for j in range(config.validators)
+        ]
+        self.rng = random.Random(f"pot-jax/byzantine/{config.seed}/{owner.index}")
+
+    @property
+    def replica(self):
+        return self._owner.replica
+
+    @property
+    def state(self):
+        return self._owner.pstate
 
 
 def _durable_changed(old, new) -> bool:

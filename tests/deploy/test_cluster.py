@@ -204,3 +204,44 @@ def test_the_cluster_runs_as_ray_actors(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["cluster"]["engine"] == "ray"
     assert audit(tmp_path / "run").status == Status.PASSED
+
+
+def test_a_byzantine_primary_that_equivocates_double_votes_and_spams_cannot_stop_the_cluster(
+    tmp_path,
+):
+    """The simulator's consensus-level strategies run on real messages between processes.
+
+    Validator 0, the first primary, forks its pre-prepares between the others, signs a
+    second digest for every vote and broadcasts garbage once a delay. The honest three
+    drop what is malformed, change view, commit every round, and slash it for the
+    equivocation their replicas proved.
+    """
+    fields = {
+        **TINY,
+        "rounds": 6,
+        "byzantine_fraction": 0.0,
+        "byzantine_validators": "0",
+        "validator_strategy": "equivocating_primary+double_voting+garbage",
+    }
+    run_dir = tmp_path / "run"
+    result = up(
+        ProtocolConfig(**fields, run_dir=str(run_dir)),
+        keys_dir=str(tmp_path / "keys"),
+        time_scale=0.1,
+        timeout=300,
+        echo=lambda *_: None,
+    )
+    assert result.rounds == 6
+    report = audit(run_dir, recompute="all")
+    assert report.status == Status.PASSED, report.reason
+    stats = {
+        i: json.loads((run_dir / "nodes" / f"validator-{i}" / "node-stats.json").read_text())
+        for i in range(4)
+    }
+    assert stats[0]["byzantine acts"] > 0 and stats[0]["byzantine messages sent"] > 0
+    for i in (1, 2, 3):
+        drops = {k: v for k, v in stats[i].items() if k.startswith("dropped: pbft: ")}
+        assert drops.get("dropped: pbft: malformed", 0) > 0, drops
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["max_view"] >= 1  # the forked first proposal never gathered a quorum
+    assert "equivocation" in summary["slashed_validators"].get("0", []), summary
