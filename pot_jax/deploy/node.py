@@ -209,8 +209,9 @@ class Endpoints:
 
 
 def _hello_verifier(ctx: RunContext, endpoints: Endpoints):
-    """verify(peer_id, message, signature): validators sign with their report key, a worker
-    host with the key of the first training node it hosts."""
+    """verify(peer_id, message, signature): validators sign with their report key, a
+    training node (``worker/w``, its own stream) with its own key, a worker host with the
+    key of the first training node it hosts."""
     report_scheme = ctx.rules.report_scheme
     signatures = ctx.rules.signatures
 
@@ -221,6 +222,8 @@ def _hello_verifier(ctx: RunContext, endpoints: Endpoints):
         i = int(index)
         if role == "validator" and i < len(ctx.report_keys):
             return report_scheme.verify(ctx.report_keys[i], message, signature)
+        if role == "worker" and i < len(ctx.worker_keys):
+            return signatures.verify(ctx.worker_keys[i], message, signature)
         if role == "workers" and i < len(endpoints.worker_hosts):
             first = endpoints.worker_hosts[i][1][0]
             return signatures.verify(ctx.worker_keys[first], message, signature)
@@ -290,6 +293,7 @@ class _Base:
         self.loop = asyncio.get_running_loop()
         self.transport = transport_factory(self.on_message)
         await self.transport.start()
+        await self.open_links(transport_factory)
         self.warm_up()
         (self.data_dir / "ready").write_text(str(os.getpid()))
         while start_file is not None and not Path(start_file).exists():
@@ -300,7 +304,14 @@ class _Base:
             await self.done.wait()
         finally:
             self.write_stats()
+            await self.close_links()
             await self.transport.stop()
+
+    async def open_links(self, transport_factory) -> None:
+        """Start the transports a node kind has besides its own listener (none here)."""
+
+    async def close_links(self) -> None:
+        """Stop what ``open_links`` started."""
 
 
 class ValidatorNode(_Base):
@@ -675,8 +686,8 @@ class ValidatorNode(_Base):
         if not isinstance(sub.worker, int) or not 0 <= sub.worker < self.W:
             self.drop("submission of an unregistered worker")
             return
-        if sender != f"workers/{self.host_of[sub.worker]}":
-            self.drop("submission for a node another host runs")
+        if sender != f"worker/{sub.worker}":  # each node's own stream, opened with its key
+            self.drop("submission for another training node than the stream's")
             return
         if r != self.state.round:
             if not self._defer(r, sender, wire.SUBMISSION, body):

@@ -246,7 +246,7 @@ class Transport:
     def __init__(
         self,
         me: str,
-        listen: str,
+        listen: str | None,
         peers: Mapping[str, str],
         *,
         chain_id: bytes,
@@ -257,12 +257,16 @@ class Transport:
         faults: FaultLayer | None = None,
         seed: int = 0,
         tls: Tls | None = None,
+        fault_as: str | None = None,
     ) -> None:
         self.me = me
         self.listen = listen
         self.chain_id = chain_id
         self.limits = limits
         self.faults = faults
+        # Who this endpoint is to the fault layer: a hosted node's own streams are its
+        # host's (a partition names hosts, and the host's link counters go on).
+        self.fault_as = fault_as or me
         self.tls = tls
         self.stats = TransportStats()
         self.port: int | None = None
@@ -272,19 +276,33 @@ class Transport:
         self._jitter = random.Random(seed)
         self._links = {peer: _Link(address) for peer, address in peers.items()}
         self._server: grpc.aio.Server | None = None
+        self._started = False
         self._stopped = False
 
     @property
     def address(self) -> str:
         """``HOST:PORT`` as bound (the real port when ``listen`` asked for port 0)."""
+        if self.listen is None:
+            raise RuntimeError(f"{self.me} only dials: it has no listener")
         if self.port is None:
             raise RuntimeError(f"{self.me} is not listening yet: call start()")
         return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     async def start(self) -> None:
-        """Binds the listener and starts draining whatever was sent before."""
-        if self._server is not None or self._stopped:
+        """Binds the listener and starts draining whatever was sent before.
+
+        With ``listen=None`` the endpoint only dials (a hosted training node: it sends its
+        own submissions over its own streams and receives nothing)."""
+        if self._started or self._stopped:
             raise RuntimeError(f"{self.me}: a transport starts once")
+        if self.listen is not None:
+            await self._listen()
+        self._started = True
+        for peer, link in self._links.items():
+            if link.queue:
+                self._start_link(peer, link)
+
+    async def _listen(self) -> None:
         keepalive_ms = int(self.limits.keepalive * 1000)
         server = grpc.aio.server(
             options=[
@@ -319,9 +337,6 @@ class Transport:
             ) from e
         await server.start()
         self._server = server
-        for peer, link in self._links.items():
-            if link.queue:
-                self._start_link(peer, link)
 
     async def stop(self) -> None:
         """Closes every stream and the listener; idempotent. Queued messages are discarded."""
@@ -377,7 +392,7 @@ class Transport:
         if self.faults is None:
             self._enqueue(peer, data)
             return
-        fate = self.faults.decide(self.me, peer)
+        fate = self.faults.decide(self.fault_as, peer)
         if fate.dropped is not None:
             self.stats.dropped[f"fault: {fate.dropped}"] += 1
             return
@@ -402,7 +417,7 @@ class Transport:
         link.queue.append(data)
         link.queued_bytes += len(data)
         link.wakeup.set()
-        if link.task is None and self._server is not None:
+        if link.task is None and self._started:
             self._start_link(peer, link)
 
     def _start_link(self, peer: str, link: _Link) -> None:

@@ -69,6 +69,43 @@ class WorkerHost(_Base):
         self.models: dict[bytes, object] = {ctx.state0.params_hash: ctx.state0.params}
         self.stale = collections.deque(maxlen=STALE_ROUNDS)
         self.f = (config.validators - 1) // 3
+        # Each hosted node's own streams to the validators, opened with its own key: its
+        # submissions travel on them, as they would from a machine of its own.
+        self.links: dict = {}
+
+    async def open_links(self, transport_factory) -> None:
+        validators = {
+            peer: address
+            for peer, address in self.endpoints.peers_of(self.me).items()
+            if peer.startswith("validator/")
+        }
+        signatures = self.ctx.rules.signatures
+        for w, node in sorted(self.nodes.items()):
+            link = transport_factory(
+                _ignore,
+                me=f"worker/{w}",
+                listen=None,
+                peers=validators,
+                sign=lambda m, sk=node.sk: signatures.sign(sk, m),
+            )
+            await link.start()
+            self.links[w] = link
+
+    async def close_links(self) -> None:
+        for link in self.links.values():
+            await link.stop()
+
+    def write_stats(self) -> None:
+        totals: collections.Counter = collections.Counter()
+        for link in self.links.values():
+            st = link.stats
+            totals.update(
+                sent=st.sent, bytes_sent=st.bytes_sent, reconnects=st.reconnects, **st.dropped
+            )
+        self.stats["node links"] = len(self.links)
+        for k, v in totals.items():
+            self.stats[f"node links: {k}"] = v
+        super().write_stats()
 
     def warm_up(self) -> None:
         ctx = self.ctx
@@ -177,8 +214,9 @@ class WorkerHost(_Base):
         )
         # A host that fell behind must not send this round's submissions behind the last
         # round's, which no validator wants any more (they would miss every deadline).
-        for v in range(config.validators):
-            self.transport.discard(f"validator/{v}", lambda d, r=r: _submission_before(d, r))
+        for link in self.links.values():
+            for v in range(config.validators):
+                link.discard(f"validator/{v}", lambda d, r=r: _submission_before(d, r))
         nan_rows = None
         for w in ids:
             node, actx = self.nodes[w], None
@@ -193,9 +231,13 @@ class WorkerHost(_Base):
                 nan_rows[w] = np.nan
             data = wire.encode(wire.SUBMISSION, wire.round_body(r, encode_submission(sub)))
             for v in range(config.validators):
-                self.transport.send(f"validator/{v}", data)
+                self.links[w].send(f"validator/{v}", data)
         self.stats["rounds trained"] += 1
         self.stale.append(params)
+
+
+def _ignore(sender: str, data: bytes) -> None:
+    """A node's own streams only send: nothing arrives on them."""
 
 
 def _submission_before(data: bytes, r: int) -> bool:

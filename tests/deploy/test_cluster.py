@@ -245,3 +245,22 @@ def test_a_byzantine_primary_that_equivocates_double_votes_and_spams_cannot_stop
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["max_view"] >= 1  # the forked first proposal never gathered a quorum
     assert "equivocation" in summary["slashed_validators"].get("0", []), summary
+
+
+def test_a_worker_host_that_finished_is_not_a_failure_but_any_other_exit_is(tmp_path):
+    """A host exits 0 once f + 1 validators announced the end, maybe before they close."""
+    from pot_jax.deploy.cluster import Proc, _check_alive
+
+    class Runner:
+        def __init__(self, codes):
+            self.codes = codes
+
+        def exit_code(self, p):
+            return self.codes[p.name]
+
+    log = tmp_path / "absent.log"
+    procs = [Proc("workers/0", [], tmp_path, log), Proc("validator/1", [], tmp_path, log)]
+    _check_alive(Runner({"workers/0": 0, "validator/1": None}), procs)
+    for codes in ({"workers/0": 1, "validator/1": None}, {"workers/0": None, "validator/1": 0}):
+        with pytest.raises(RuntimeError, match="exited with code"):
+            _check_alive(Runner(codes), procs)

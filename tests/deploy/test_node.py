@@ -26,7 +26,7 @@ from pot_jax.deploy.store import MAGIC, VoteLog, VoteLogError, encode_record, re
 from pot_jax.deploy.worker_host import WorkerHost
 from pot_jax.learning.encoding import encode_pytree, flat_digest
 from pot_jax.protocol.keys import KeyFileError, generate_keys, report_key, write_key_dir
-from pot_jax.protocol.messages import encode_submission
+from pot_jax.protocol.messages import decode_submission, encode_submission
 from pot_jax.protocol.runner import ProtocolRun
 from pot_jax.verification import Submission
 
@@ -97,13 +97,14 @@ def _wire_submission(sub, round_=0):
     return wire.encode(wire.SUBMISSION, wire.round_body(round_, encode_submission(sub)))
 
 
-def test_a_host_cannot_submit_for_a_node_another_host_runs(cluster, tmp_path):
+def test_a_submission_is_heard_only_on_its_own_nodes_stream(cluster, tmp_path):
     node, ctx, keys = _validator(cluster, tmp_path)
     sub = _submission(ctx, keys, worker=1)  # node 1 runs on host 1
-    node.on_message("workers/0", _wire_submission(sub))
+    for sender in ("workers/0", "workers/1", "worker/0"):  # another host, its host, another node
+        node.on_message(sender, _wire_submission(sub))
     assert 1 not in node.validator.submissions
-    assert node.stats["dropped: submission for a node another host runs"] == 1
-    node.on_message("workers/1", _wire_submission(sub))  # canary: its own host is heard
+    assert node.stats["dropped: submission for another training node than the stream's"] == 3
+    node.on_message("worker/1", _wire_submission(sub))  # canary: its own stream is heard
     assert 1 in node.validator.submissions
 
 
@@ -120,7 +121,7 @@ def test_malformed_and_misrouted_messages_are_dropped_with_a_reason(cluster, tmp
     assert any("malformed submission" in k for k in dropped)
     assert dropped["dropped: consensus message from a non-validator"] == 1
     assert any("malformed report" in k for k in dropped)
-    node.on_message("workers/0", _wire_submission(_submission(ctx, keys, worker=0)))
+    node.on_message("worker/0", _wire_submission(_submission(ctx, keys, worker=0)))
     assert 0 in node.validator.submissions  # still working
 
 
@@ -160,6 +161,7 @@ def _host(cluster, tmp_path):
     host = WorkerHost(ctx, 0, node_keys, ENDPOINTS, tmp_path / "w")
     host.loop = asyncio.new_event_loop()
     host.transport = FakeTransport()
+    host.links = {w: FakeTransport() for w in node_keys}  # each node's own streams
     return host, ctx, keys
 
 
@@ -196,8 +198,13 @@ def test_a_worker_host_trains_only_on_a_model_f_plus_1_validators_announced(clus
     # Canary: the genesis model, announced by f + 1, is trained on at once (it is known).
     for v in (2, 3):
         host.on_message(f"validator/{v}", _announce(ctx, keys, v, 2, ctx.state0.params_hash))
-    submissions = [d for _, d in host.transport.sent if d[0] == wire.SUBMISSION]
-    assert len(submissions) == 2 * 4  # nodes 0 and 2, to each of the 4 validators
+    assert not any(d[0] == wire.SUBMISSION for _, d in host.transport.sent)
+    for w in (0, 2):  # each node on its own streams, to each of the 4 validators
+        submissions = [d for _, d in host.links[w].sent if d[0] == wire.SUBMISSION]
+        assert len(submissions) == 4
+        assert {decode_submission(wire.split_round(d[1:], "")[1]).worker for d in submissions} == {
+            w
+        }
 
 
 def test_vote_log_round_trips_and_refuses_a_tampered_file(cluster, tmp_path):
@@ -303,7 +310,7 @@ def test_a_validator_missing_an_accepted_gradient_asks_its_peers_before_proposin
 
     node, ctx, keys = _validator(cluster, tmp_path)
     for w in (1, 2, 3):  # what reached validator 1 in time
-        node.on_message(f"workers/{w % 2}", _wire_submission(_submission(ctx, keys, w)))
+        node.on_message(f"worker/{w}", _wire_submission(_submission(ctx, keys, w)))
     node.report()
     for v in (2, 3):  # what reached its peers: everything
         peer = Validator(
@@ -335,7 +342,7 @@ def test_a_validator_missing_an_accepted_gradient_asks_its_peers_before_proposin
 
 def test_only_validators_get_a_rounds_reports_or_gradients_on_request(cluster, tmp_path):
     node, ctx, keys = _validator(cluster, tmp_path)
-    node.on_message("workers/1", _wire_submission(_submission(ctx, keys, 1)))
+    node.on_message("worker/1", _wire_submission(_submission(ctx, keys, 1)))
     node.report()
     node.transport.sent.clear()
     node.on_message("workers/0", wire.encode(wire.REPORTS_REQUEST, wire.round_body(0, b"")))
@@ -366,7 +373,7 @@ def test_requests_past_a_peers_budget_are_dropped_and_the_budget_refills(
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     node, ctx, keys = _validator(cluster, tmp_path)
-    node.on_message("workers/1", _wire_submission(_submission(ctx, keys, 1)))
+    node.on_message("worker/1", _wire_submission(_submission(ctx, keys, 1)))
     node.report()
     node.transport.sent.clear()
     ask = wire.encode(wire.MODEL_REQUEST, wire.round_body(0, ctx.state0.params_hash))

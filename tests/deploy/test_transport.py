@@ -571,3 +571,34 @@ def test_discard_drops_stale_queued_messages_but_not_the_head_being_written():
     assert n == 6 and size == 66
     assert dropped == 2 and counted == 2  # the three stale ones but the head
     assert after == (4, 44)
+
+
+def test_a_dial_only_endpoint_sends_under_its_own_name_and_faults_as_its_host():
+    """A hosted training node's own streams: no listener, its own hello key, and the fault
+    layer treats it as its host (a partition that names the host cuts it off too)."""
+
+    async def scenario():
+        keys = Keys()
+        v = Node(keys, "validator/0")
+        await started(v)
+        schedule = FaultSchedule.from_dict(
+            {"partitions": [{"start": 0.0, "end": 0.5, "groups": [["workers/0"], ["validator/0"]]}]}
+        )
+        node = Node(
+            keys, "worker/3", listen=None, faults=FaultLayer(schedule), fault_as="workers/0"
+        )
+        node.transport.add_peer("validator/0", v.transport.address)
+        await node.transport.start()
+        with pytest.raises(RuntimeError, match="only dials"):
+            _ = node.transport.address
+        node.transport.send("validator/0", b"during")
+        await asyncio.sleep(0.6)
+        node.transport.send("validator/0", b"after")
+        await until(lambda: v.inbox)
+        dropped = node.transport.stats.dropped.copy()
+        await stopped(node, v)
+        return list(v.inbox), dropped
+
+    inbox, dropped = run(scenario())
+    assert inbox == [("worker/3", b"after")]  # authenticated under the node's own name
+    assert dropped["fault: partition"] == 1
