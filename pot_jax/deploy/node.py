@@ -18,9 +18,10 @@ simulator's runner drives them from virtual time:
   LEDGER, every ``checkpoint_every`` rounds a CKPT), then the next round
   starts. After the last round the validators exchange BLS votes on the
   closing statement and each writes the CLOSING record with a quorum of them.
-* **WorkerHost** (``deploy.worker_host``) hosts training nodes; validators
-  accept a node's submission only from the host the peers file names for it,
-  so one host cannot pre-empt another's node with a forged submission.
+* **WorkerHost** (``deploy.worker_host``) hosts training nodes; each node
+  sends its submissions on its own streams, opened with its own key, and
+  validators accept a node's submission only on that node's stream, so no
+  host or node can pre-empt another node with a forged submission.
 
 Time: every delay of the simulator (one unit = the mean message latency)
 is ``time_scale`` seconds here (``--time-scale``); that covers the
