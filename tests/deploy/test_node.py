@@ -332,6 +332,19 @@ def test_a_validator_missing_an_accepted_gradient_asks_its_peers_before_proposin
         if d[0] == wire.GRADIENT_REQUEST
     }
     assert (0).to_bytes(4, "big") in asked  # worker 0's gradient, from the peers
+
+    def asked_for_0():
+        return [
+            p
+            for p, d in node.transport.sent
+            if d[0] == wire.GRADIENT_REQUEST and d[-4:] == (0).to_bytes(4, "big")
+        ]
+
+    # ... from one peer whose report accepted it (2 or 3 hold it; 0 never reported), and on
+    # a retry from the next one: not from every peer each time.
+    assert asked_for_0() == ["validator/2"]
+    node._retry_fetch()
+    assert asked_for_0() == ["validator/2", "validator/3"]
     # The answer, signed by worker 0, lets it propose.
     honest = _submission(ctx, keys, worker=0)
     node.on_message(
