@@ -24,7 +24,8 @@ from pot_jax.bench.robustness import PRESETS, RobustnessConfig, resume_config, s
 NAME = "f6_robustness"
 REPO = Path(__file__).resolve().parents[1]
 PRE_NAMES = {"nnm": "NNM", "arc": "ARC", "clipping": "clipping", "bucketing": "bucketing"}
-RULE_LABELS = {"mda": "MDA", "meamed": "MeaMed", "monna": "MoNNA", "caf": "CAF"}  # ByzFL's
+# ByzFL's names, and Bulyan's (ByzFL lacks it; El Mhamdi et al., 2018).
+RULE_LABELS = {"mda": "MDA", "meamed": "MeaMed", "monna": "MoNNA", "caf": "CAF", "bulyan": "Bulyan"}
 
 
 @dataclass(frozen=True)
