@@ -365,7 +365,9 @@ class ValidatorNode(_Base):
         self.fetched: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
         self.fetched_subs: dict[int, dict] = {}
         self.requested: dict[int, set[int]] = {}
-        self.fetch_attempts: dict[tuple[int, int], int] = {}  # (round, worker) -> requests sent
+        # This round's asked-for gradients: requests sent per worker, and those not yet here.
+        self.fetch_attempts: dict[int, int] = {}
+        self.awaited: set[int] = set()
         self.missing: set[int] = set()
         self.stashed: collections.deque = collections.deque(maxlen=16)
         self.pending_commit = None
@@ -549,6 +551,7 @@ class ValidatorNode(_Base):
         )
         self.requested.clear()
         self.fetch_attempts.clear()
+        self.awaited.clear()
         self.reported = self.proposing = False
         self.round_started = time.perf_counter()
         r = state.round
@@ -772,8 +775,9 @@ class ValidatorNode(_Base):
             # it), the next one on each retry: asking every peer made a validator catching
             # up on a 1000-node run receive each gradient 6 times (29,399 dropped answers).
             peers = holders.get(w) or [j for j in range(self.n) if j != self.index]
-            attempt = self.fetch_attempts.get((r, w), 0)
-            self.fetch_attempts[(r, w)] = attempt + 1
+            attempt = self.fetch_attempts.get(w, 0)
+            self.fetch_attempts[w] = attempt + 1
+            self.awaited.add(w)
             j = peers[(w + attempt) % len(peers)]  # spread over the holders
             request = wire.encode(wire.GRADIENT_REQUEST, wire.round_body(r, struct.pack(">I", w)))
             self.transport.send(f"validator/{j}", request)
@@ -822,9 +826,7 @@ class ValidatorNode(_Base):
         # Ask again for what the reports say is needed, and for every gradient asked for
         # and not received (the one peer asked may be down or may have lost it; a
         # derivation may want a gradient no report this validator holds accepted).
-        self.missing |= self._wanted() | (
-            {w for rr, w in self.fetch_attempts if rr == r} - self._held()
-        )
+        self.missing |= self._wanted() | (self.awaited - self._held())
         if self.pending_commit is not None:
             self._request_reports(r)
         if self.fetched[r]:
@@ -896,7 +898,8 @@ class ValidatorNode(_Base):
         self.fetched[r][sub.worker] = sub.gradient
         self.fetched_subs.setdefault(r, {})[sub.worker] = sub
         self.stats["gradients fetched"] += 1
-        if {w for rr, w in self.fetch_attempts if rr == r} - self._held():
+        self.awaited.discard(sub.worker)
+        if any(w not in self.validator.submissions for w in self.awaited):
             # More asked-for gradients are on their way: derive once they are all here (or
             # at the next retry), not once per arrival. Deriving the round again on every
             # fetched gradient made a validator catching up on a 1000-node round derive it
