@@ -615,6 +615,11 @@ class ValidatorNode(_Base):
         if self.silent or self.pstate is None:
             self.drop("not running")
             return
+        if sender.startswith("worker/") and kind != wire.SUBMISSION:
+            # A node's own stream carries its submissions only (and this validator has no
+            # address to answer it on: a model request there would raise, once per request).
+            self.drop(f"{wire.KIND_NAMES[kind]} on a training node's stream")
+            return
         if kind == wire.PBFT:
             src = _validator_index(sender)
             if src is None:

@@ -106,6 +106,11 @@ def test_a_submission_is_heard_only_on_its_own_nodes_stream(cluster, tmp_path):
     assert node.stats["dropped: submission for another training node than the stream's"] == 3
     node.on_message("worker/1", _wire_submission(sub))  # canary: its own stream is heard
     assert 1 in node.validator.submissions
+    # Nothing but submissions on a node's stream: a model request there is dropped, unanswered.
+    ask = wire.encode(wire.MODEL_REQUEST, wire.round_body(0, ctx.state0.params_hash))
+    node.on_message("worker/1", ask)
+    assert node.stats["dropped: model_request on a training node's stream"] == 1
+    assert node.stats["handler error"] == 0
 
 
 def test_malformed_and_misrouted_messages_are_dropped_with_a_reason(cluster, tmp_path):
