@@ -80,6 +80,7 @@ def _node_parser() -> argparse.ArgumentParser:
         "view change (PBFT's request and view-change timers; default 8). Longer than a "
         "round's honest work, or every slow round changes the view",
     )
+    _add_catch_up_flags(p)
     p.add_argument("--faults", default=None, metavar="FILE", help="fault schedule (JSON)")
     p.add_argument("--fault-start", type=float, default=None, help="unix time faults count from")
     p.add_argument("--start-file", default=None, help="wait for this file before round 0")
@@ -92,6 +93,43 @@ def _node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="WARNING")
     return p
+
+
+def _add_catch_up_flags(p) -> None:
+    from pot_jax.deploy.node import HISTORY_ROUNDS, TRANSFER_AFTER
+
+    p.add_argument(
+        "--history-rounds",
+        type=_positive_int,
+        default=None,
+        metavar="ROUNDS",
+        help="rounds of submissions and reports a validator keeps for peers that fall behind "
+        f"(default {HISTORY_ROUNDS}); memory against how far a peer can re-derive",
+    )
+    p.add_argument(
+        "--transfer-after",
+        type=_positive_int,
+        default=None,
+        metavar="ROUNDS",
+        help="rounds behind from which a validator adopts the certified state of a checkpoint "
+        f"round instead of re-deriving each round (state transfer; default {TRANSFER_AFTER})",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of rounds >= 1")
+    return value
+
+
+def _catch_up(history_rounds, transfer_after) -> dict:
+    """The node keyword arguments of the catch-up flags that were given."""
+    given = {"history_rounds": history_rounds, "transfer_after": transfer_after}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _positive_delays(text: str) -> float:
@@ -149,6 +187,7 @@ def build_node(args):
             time_scale=args.time_scale,
             linger=args.linger,
             request_timeout=args.request_timeout,
+            **_catch_up(args.history_rounds, args.transfer_after),
         )
         sign = lambda m: ctx.rules.report_scheme.sign(node.report_sk, m)  # noqa: E731
     else:
@@ -429,6 +468,8 @@ def up(
     engine: str = "processes",
     ray_address: str | None = None,
     request_timeout: float | None = None,
+    history_rounds: int | None = None,
+    transfer_after: int | None = None,
     echo=print,
 ) -> UpResult:
     """Run ``config`` on a local cluster of node processes; see the module docstring."""
@@ -487,8 +528,11 @@ def up(
         argv += ["--genesis", str(genesis_file), "--peers", str(peers_file)]
         argv += ["--listen", address, "--data-dir", str(data_dir)]
         argv += ["--time-scale", str(time_scale), "--start-file", str(start_file)]
-        if request_timeout is not None and role == "validator":
-            argv += ["--request-timeout", str(request_timeout)]
+        if role == "validator":
+            if request_timeout is not None:
+                argv += ["--request-timeout", str(request_timeout)]
+            for flag, value in _catch_up(history_rounds, transfer_after).items():
+                argv += ["--" + flag.replace("_", "-"), str(value)]
         if config.data_dir:
             argv += ["--dataset-dir", str(config.data_dir)]
         if faults:
@@ -608,6 +652,7 @@ def up(
             "worker_hosts": len(hosts),
             "time_scale": time_scale,
             "request_timeout": request_timeout,
+            **_catch_up(history_rounds, transfer_after),
             "faults": faults,
             "kills": kills_done,
             "node_stats": stats,
@@ -746,6 +791,7 @@ def _up_parser() -> argparse.ArgumentParser:
         metavar="DELAYS",
         help="PBFT's request and view-change timers of every validator (default 8 delays)",
     )
+    _add_catch_up_flags(p)
     p.add_argument("--faults", default=None, metavar="FILE", help="fault schedule (JSON)")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument(
@@ -786,6 +832,8 @@ def up_main(argv: list[str]) -> int:
             engine=args.engine,
             ray_address=args.address,
             request_timeout=args.request_timeout,
+            history_rounds=args.history_rounds,
+            transfer_after=args.transfer_after,
         )
     except KeyboardInterrupt:
         print("pot-jax up: interrupted; every node process was stopped", file=sys.stderr)

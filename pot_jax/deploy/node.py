@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -69,7 +70,8 @@ from pot_jax.crypto.worker_signatures import worker_message
 from pot_jax.deploy import wire
 from pot_jax.deploy.context import RunContext, header_bytes
 from pot_jax.deploy.store import VoteLog
-from pot_jax.learning.encoding import encode_pytree, flat_digest, pytree_digest
+from pot_jax.deploy.transfer import StateTransfer, TransferError
+from pot_jax.learning.encoding import decode_pytree, encode_pytree, flat_digest, pytree_digest
 from pot_jax.network import byzantine
 from pot_jax.protocol import behaviours  # noqa: F401  (registers the role behaviours)
 from pot_jax.protocol.genesis import Closing, encode_closing_record
@@ -94,8 +96,12 @@ from pot_jax.protocol.round import InputsError, advance
 from pot_jax.protocol.runner import append_round, checkpoint_bytes, round_facts
 from pot_jax.protocol.transcript import (
     TRANSCRIPT_NAME,
+    CheckpointStore,
     RecordKind,
     TranscriptWriter,
+    checkpoint_directory,
+    decode_checkpoint_ref,
+    encode_fraud_record,
 )
 from pot_jax.runinfo import JsonLines, write_json
 
@@ -105,6 +111,12 @@ log = logging.getLogger(__name__)
 FETCH_RETRY = 4.0  # network delays before missing gradients and reports are asked for again
 STATS_EVERY = 5.0  # seconds between refreshes of node-stats.json
 HISTORY_ROUNDS = 64  # rounds of submissions and reports kept for peers that fall behind
+# A validator this many rounds behind (or further than its peers' history) adopts the
+# certified state of a checkpoint round (deploy.transfer) instead of re-deriving each round
+# from gradients fetched one by one: at 1000 training nodes that took ~1 min a round, longer
+# than the cluster takes, so a validator down for a while never caught up.
+TRANSFER_AFTER = 16
+STATE_BATCH = 8  # rounds of checkpoints and proofs a transfer asks for at a time
 # What a validator answers, per peer (a model reply is the whole model, ~0.3 MB for a 40-byte
 # request; without a bound one peer could make it send that without end). A round's model is
 # asked for once, and again on a loss: MODEL_REQUESTS_PER_ROUND per peer and round. Reports
@@ -329,6 +341,8 @@ class ValidatorNode(_Base):
         time_scale=0.25,
         linger=None,
         request_timeout=None,
+        history_rounds=HISTORY_ROUNDS,
+        transfer_after=TRANSFER_AFTER,
     ):
         super().__init__(ctx, f"validator/{index}", endpoints, data_dir, time_scale)
         config = ctx.config
@@ -377,6 +391,18 @@ class ValidatorNode(_Base):
         # What peers that fall behind (a restarted validator) may ask for: each recent
         # round's submissions and reports.
         self.history: collections.OrderedDict = collections.OrderedDict()
+        self.history_rounds, self.transfer_after = int(history_rounds), int(transfer_after)
+        if self.history_rounds < 1 or self.transfer_after < 1:
+            raise NodeError(
+                f"history_rounds = {history_rounds}, transfer_after = {transfer_after}: "
+                "expected at least 1 round each"
+            )
+        # What a peer that is further behind may ask for (state transfer): this validator's
+        # checkpoint of each round's state it stored (round -> sha256 in its checkpoint
+        # store) and the fraud proof records of each round that cites some.
+        self.ckpt_refs: dict[int, bytes] = {}
+        self.proof_records: dict[int, list[bytes]] = {}
+        self.transfer: StateTransfer | None = None
         votes_anything = any(b.votes_anything for b in roles)
         rc = ReplicaConfig(
             chain_id=ctx.chain_id,
@@ -444,7 +470,7 @@ class ValidatorNode(_Base):
             write_json(self.data_dir / "config.json", self.ctx.header)
             self.writer = TranscriptWriter(path)
             self.writer.append(RecordKind.HEADER, header_bytes(self.ctx.header))
-            self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+            self._append_checkpoint(0, self._checkpoint_bytes(self.state))
         self.metrics = JsonLines(self.data_dir / "metrics.jsonl")
         durable = self.votelog.load()
         self.pstate = initial_state(self.replica)
@@ -508,6 +534,7 @@ class ValidatorNode(_Base):
         with open(path, "r+b") as f:  # the records of a round the crash tore are cut away
             f.truncate(cut)
             os.fsync(f.fileno())
+        self._index(rec for rec in records if rec.offset < cut)
         self.state = auditor.state
         facts = auditor.facts
         if facts is not None:
@@ -520,7 +547,7 @@ class ValidatorNode(_Base):
         self.writer = TranscriptWriter.open(path)
         config = self.ctx.config
         if self.state.round and self.state.round % config.checkpoint_every == 0:
-            self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+            self._append_checkpoint(self.state.round, self._checkpoint_bytes(self.state))
         self.stats["restarts"] += 1
         log.warning("%s: resumed after round %d (seq %d)", self.me, self.state.round, self.app_seq)
 
@@ -530,6 +557,7 @@ class ValidatorNode(_Base):
         self.state = auditor.state
         qcs = [rec for rec in records if rec.kind == RecordKind.QC]
         self.app_seq = decode_qc_record(qcs[-1].payload)[1] if qcs else 0
+        self._index(records)
         self.closed = True  # enter_round signs and sends its closing vote again, for its peers
         self.stats["restarts"] += 1
         log.warning("%s: restarted after closing its transcript; serving peers", self.me)
@@ -633,13 +661,21 @@ class ValidatorNode(_Base):
             else:
                 self._deliver_pbft(src, body)
             self._fetch_missing()
-        elif kind in (wire.REPORTS_REQUEST, wire.GRADIENT_REQUEST, wire.MODEL_REQUEST):
+        elif kind in (
+            wire.REPORTS_REQUEST,
+            wire.GRADIENT_REQUEST,
+            wire.MODEL_REQUEST,
+            wire.STATE_REQUEST,
+        ):
             if self._within_budget(sender, kind, body):
                 {
                     wire.REPORTS_REQUEST: self._reports_request,
                     wire.GRADIENT_REQUEST: self._gradient_request,
                     wire.MODEL_REQUEST: self._model_request,
+                    wire.STATE_REQUEST: self._state_request,
                 }[kind](sender, body)
+        elif kind == wire.STATE:
+            self._state(sender, body)
         elif kind == wire.GRADIENT:
             self._gradient(sender, body)
         elif kind == wire.SUBMISSION:
@@ -662,7 +698,8 @@ class ValidatorNode(_Base):
         """Count a request against its peer's budget; False: dropped, with the reason."""
         name = wire.KIND_NAMES[kind]
         r, _ = wire.split_round(body, name)
-        if not self.state.round - HISTORY_ROUNDS < r <= self.state.round:
+        kept = self.state.round - self.history_rounds < r <= self.state.round
+        if kind != wire.STATE_REQUEST and not kept:  # checkpoints are kept for every round
             self.drop(f"{name} for a round this validator does not keep")
             return False
         if kind == wire.MODEL_REQUEST:
@@ -671,7 +708,8 @@ class ValidatorNode(_Base):
                 self.drop(f"rate limit: {name} for one round more than {MODEL_REQUESTS_PER_ROUND}x")
                 return False
             return True
-        burst = REQUEST_BURST * (self.W if kind == wire.GRADIENT_REQUEST else 1)
+        per = {wire.GRADIENT_REQUEST: self.W, wire.STATE_REQUEST: STATE_BATCH}.get(kind, 1)
+        burst = REQUEST_BURST * per
         now = time.monotonic()
         tokens, then = self.buckets.get((sender, kind), (float(burst), now))
         tokens = min(
@@ -823,6 +861,8 @@ class ValidatorNode(_Base):
         return set(self.validator.submissions) | set(self.fetched[r]) | set(self.state.banned)
 
     def _retry_fetch(self) -> None:
+        if self.pending_commit is not None:
+            self._maybe_transfer()  # more rounds may have committed meanwhile
         waiting_to_propose = self.reported and not self.validator.proposed
         if self.pending_commit is None and not self.stashed and not waiting_to_propose:
             return
@@ -962,6 +1002,11 @@ class ValidatorNode(_Base):
             for t in result.timers:
                 self.later(t.delay, self._timer, t.name, t.token)
         self.queue.extend(result.decisions)
+        if result.decisions and self.pending_commit is not None:
+            # Stuck on a round while more commit: far enough behind now to adopt a state?
+            # (Not left to the fetch retry: every message that asks for a gradient again
+            # postpones that timer.)
+            self._maybe_transfer()
         self._drain()
 
     def _send_pbft(self, sends) -> None:
@@ -1020,13 +1065,15 @@ class ValidatorNode(_Base):
             self._commit(decision)
 
     def _commit(self, decision) -> None:
-        state, writer, config = self.state, self.writer, self.ctx.config
+        state = self.state
         try:
             outcome, inputs, proofs = self.validator.outcome_of(decision.value)
         except InputsError:
             # Committed by a quorum, but this validator lacks an accepted gradient or a cited
-            # proof (it missed the round): fetch them from the peers, then commit.
+            # proof (it missed the round): fetch them from the peers, then commit; or, far
+            # behind, adopt the certified state of a later checkpoint round.
             self.pending_commit = decision
+            self._maybe_transfer()
             self._request_reports(state.round)
             self._fetch_missing()
             self._set_timer("fetch", FETCH_RETRY, self._retry_fetch)
@@ -1035,26 +1082,47 @@ class ValidatorNode(_Base):
         self.history[state.round] = (dict(self.validator.submissions), dict(self.validator.reports))
         for w, sub in self.fetched_subs.get(state.round, {}).items():
             self.history[state.round][0].setdefault(w, sub)
-        while len(self.history) > HISTORY_ROUNDS:
+        while len(self.history) > self.history_rounds:
             self.history.popitem(last=False)
+        self.enter_round(self._write_round(decision, outcome, inputs, proofs, state))
+
+    def _qc_of(self, decision):
         cert = self.pstate.ledger[decision.seq]
-        qc = (
-            cert.qc
-            if cert.qc is not None
-            else aggregate_votes(self.ctx.validator_set, dict(cert.votes))
-        )
-        append_round(writer, outcome, inputs, proofs, cert.view, decision.seq, qc, state)
-        self.stale.append(state.params)
+        if cert.qc is not None:
+            return cert.qc
+        return aggregate_votes(self.ctx.validator_set, dict(cert.votes))
+
+    def _write_round(self, decision, outcome, inputs, proofs, state, *, qc=None, adopted=None):
+        """Write a committed round to the transcript and the metrics; the state after it.
+
+        ``adopted``: for a round adopted by state transfer (its ``outcome`` has no model),
+        the checkpoint bytes of the state after it when that is a checkpoint round (or the
+        run's last), else None."""
+        writer, config = self.writer, self.ctx.config
+        qc = self._qc_of(decision) if qc is None else qc
+        view = self.pstate.ledger[decision.seq].view
+        append_round(writer, outcome, inputs, proofs, view, decision.seq, qc, state)
+        if outcome.judgement.cited:  # what a peer that falls behind may ask for
+            self.ckpt_refs[state.round] = hashlib.sha256(checkpoint_bytes(state)).digest()
+            self.proof_records[state.round] = [
+                encode_fraud_record(prover, proofs[digest])
+                for prover, digest in outcome.judgement.cited
+            ]
         new_state = advance(state, outcome, qc.signer_indices())
         r = state.round
+        if adopted is not None:
+            loaded = decode_pytree(adopted, self._checkpoint_like())
+            new_state = dataclasses.replace(
+                new_state, params=loaded["params"], opt_state=loaded["opt_state"]
+            )
         if (r + 1) % config.checkpoint_every == 0:
-            writer.append_checkpoint(checkpoint_bytes(new_state))
-        facts = round_facts(outcome, cert.view)
+            self._append_checkpoint(r + 1, adopted or checkpoint_bytes(new_state))
+        facts = round_facts(outcome, view)
         tally = self.tally
         tally["rejections"].update(facts["rejected_by_category"])
         tally["fraud_proofs"] += facts["fraud_proofs"]
         tally["false_fraud_proofs"] += facts["false_fraud_proofs"]
-        tally["max_view"] = max(tally["max_view"], cert.view)
+        tally["max_view"] = max(tally["max_view"], view)
         for v, fault in facts["slashed_validators"]:
             tally["slashed"].setdefault(str(v), []).append(fault)
         row = {
@@ -1066,14 +1134,173 @@ class ValidatorNode(_Base):
             "round_wall_seconds": time.perf_counter() - self.round_started,
             "wall_seconds": time.perf_counter() - self.run_started,
         }
-        if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+        if self.transfer is not None:
+            row["state_transfer"] = True  # adopted, not re-derived: no gradient was seen
+        evaluate = (r + 1) % config.eval_every == 0 or r + 1 == config.rounds
+        if evaluate and new_state.params is not None:
             data = self.ctx.data
             row["pot_test_accuracy"] = float(
                 self.ctx.learner.accuracy(new_state.params, data.x_test, data.y_test)
             )
         self.metrics.write(row)
         self.stats["rounds committed"] += 1
-        self.enter_round(new_state)
+        return new_state
+
+    def _append_checkpoint(self, round_: int, data: bytes) -> None:
+        _, digest = self.writer.append_checkpoint(data)
+        self.ckpt_refs[round_] = digest
+
+    def _checkpoint_like(self) -> dict:
+        state0 = self.ctx.state0
+        return {"opt_state": state0.opt_state, "params": state0.params}
+
+    def _index(self, records) -> None:
+        """What this validator's transcript can give a peer that falls behind: the round of
+        each stored checkpoint (the state before that round) and each round's proofs."""
+        rounds = 0
+        for rec in records:
+            if rec.kind == RecordKind.CHECKPOINT:
+                self.ckpt_refs[rounds] = decode_checkpoint_ref(rec.payload)[0]
+            elif rec.kind == RecordKind.FRAUD_PROOF:
+                self.proof_records.setdefault(rounds, []).append(rec.payload)
+            elif rec.kind == RecordKind.LEDGER:
+                rounds += 1
+
+    # -- state transfer (deploy.transfer) ------------------------------------------------------
+
+    def _decided(self) -> list:
+        """The committed decisions this validator has not written yet, in order."""
+        pending = [] if self.pending_commit is None else [self.pending_commit]
+        return [
+            d for d in pending + list(self.queue) if d.value is not None and d.seq > self.app_seq
+        ]
+
+    def _maybe_transfer(self) -> None:
+        """Far behind (or behind further than its peers keep gradients), with the committed
+        values of the rounds up to a checkpoint round at hand: adopt that round's state."""
+        if self.transfer is not None or self.closed:
+            return
+        config, a = self.ctx.config, self.state.round
+        decided = self._decided()
+        top = a + len(decided)
+        if top - a < min(self.transfer_after, self.history_rounds):
+            return
+        targets = [
+            k
+            for k in range(a + 1, top + 1)
+            if k % config.checkpoint_every == 0 or k == config.rounds
+        ]
+        if not targets:
+            return  # no checkpoint round yet: re-derive meanwhile, or wait for one
+        try:
+            self.transfer = StateTransfer(
+                a,
+                max(targets),
+                decided,
+                checkpoint_every=config.checkpoint_every,
+                f=self.ctx.validator_set.f,
+                like=self._checkpoint_like(),
+                spec=self.ctx.learner.spec,
+            )
+        except (TransferError, MessageError, RecordError) as err:
+            self.stats[f"state transfer refused: {err}"] += 1
+            log.error("%s: cannot transfer state: %s", self.me, err)
+            return
+        self.stats["state transfers begun"] += 1
+        log.warning(
+            "%s: %d rounds behind; adopting round %d's state", self.me, top - a, max(targets)
+        )
+        self._ask_state()
+
+    def _ask_state(self) -> None:
+        """Ask for the next rounds' checkpoints and proofs: first from f + 1 peers (f + 1
+        identical copies are needed), on every retry from each peer that has not answered."""
+        t = self.transfer
+        peers = [(self.index + k) % self.n for k in range(1, self.n)]
+        batch = t.wanted()[:STATE_BATCH]
+        t.asked = set(batch)
+        t.attempt += 1
+        for r in batch:
+            ask = peers[: t.f + 1] if t.attempt == 1 else peers
+            request = wire.encode(wire.STATE_REQUEST, wire.round_body(r, b""))
+            for j in ask:
+                if j not in t.offers.get(r, {}):
+                    self.transport.send(f"validator/{j}", request)
+                    self.stats["state requests"] += 1
+        self._set_timer("transfer", FETCH_RETRY, self._retry_transfer)
+
+    def _retry_transfer(self) -> None:
+        if self.transfer is not None and not self.closed:
+            self._ask_state()
+
+    def _state_request(self, sender: str, body: bytes) -> None:
+        r, _ = wire.split_round(body, "state request")
+        if _validator_index(sender) is None:
+            self.drop("state request from a non-validator")
+            return
+        digest = self.ckpt_refs.get(r)
+        checkpoint = b""
+        if digest is not None:
+            store = CheckpointStore(checkpoint_directory(self.data_dir / TRANSCRIPT_NAME))
+            checkpoint = store.get(digest)
+        proofs = self.proof_records.get(r, [])
+        if not checkpoint and not proofs:
+            self.drop("state request for a round this validator keeps no checkpoint of")
+            return
+        self.transport.send(sender, wire.encode_state(r, checkpoint, proofs))
+
+    def _state(self, sender: str, body: bytes) -> None:
+        src = _validator_index(sender)
+        r, checkpoint, proofs = wire.decode_state(body)
+        if src is None or self.transfer is None:
+            self.drop("state from a non-validator or that nobody asked for")
+            return
+        for reason in self.transfer.offer(src, r, checkpoint, proofs):
+            self.drop(reason)
+        if self.transfer.complete():
+            self._adopt()
+        elif not self.transfer.asked & set(self.transfer.wanted()):
+            self._ask_state()  # this batch is here: the next one
+
+    def _adopt(self) -> None:
+        """Write the adopted rounds (all derived first: a failure writes nothing) and go on
+        from the target round's state."""
+        t = self.transfer
+        try:
+            derived = t.derive(self.ctx.rules, self.state, self._qc_of)
+        except TransferError as err:
+            # Certified rounds that do not follow from this validator's own state: its state
+            # or the certificates are wrong, and no peer can fix that. Say so and stop trying.
+            self.stats[f"state transfer failed: {err}"] += 1
+            log.error("%s: state transfer failed: %s", self.me, err)
+            self.transfer, self.transfer_after = None, 1 << 62
+            return
+        decisions = {rnd.decision.seq: rnd.decision for rnd in t.rounds.values()}
+        state = self.state
+        for r, outcome, proofs, judged, qc in derived:
+            d = t.rounds[r].decision
+            due = (r + 1) % self.ctx.config.checkpoint_every == 0 or r + 1 == t.target
+            adopted = t.checkpoints[r + 1] if due else None
+            state = self._write_round(
+                decisions[d.seq],
+                outcome,
+                t.rounds[r].inputs,
+                proofs,
+                judged,
+                qc=qc,
+                adopted=adopted,
+            )
+            self.app_seq = d.seq
+        self.stats["state transfers"] += 1
+        self.stats["rounds adopted by state transfer"] += t.target - t.start
+        log.warning("%s: adopted rounds %d..%d", self.me, t.start, t.target - 1)
+        self.transfer = None
+        self.pending_commit = None
+        timer = self.timers.pop("transfer", None)
+        if timer is not None:
+            timer.cancel()
+        self.enter_round(state)
+        self._drain()
 
     # -- the end of the run --------------------------------------------------------------------
 
@@ -1130,7 +1357,7 @@ class ValidatorNode(_Base):
             qc = aggregate_votes(self.ctx.validator_set, scheme_ok)
         config = self.ctx.config
         if config.rounds % config.checkpoint_every:
-            self.writer.append_checkpoint(self._checkpoint_bytes(self.state))
+            self._append_checkpoint(config.rounds, self._checkpoint_bytes(self.state))
         self.writer.append(RecordKind.CLOSING, encode_closing_record(closing, qc))
         self.writer.close()
         self.metrics.close()

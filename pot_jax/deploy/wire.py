@@ -19,6 +19,12 @@ Every message on a stream is one kind byte followed by its body:
 * ``REPORTS_REQUEST``: a validator committing a round it missed asks for the
   round's signed reports (with the fraud proofs they cite); peers answer
   with ``REPORT`` messages from the rounds they keep.
+* ``STATE_REQUEST`` / ``STATE``: a validator too far behind to re-derive the
+  rounds it missed (state transfer, ``deploy.node``) asks for a peer's
+  checkpoint of round r's state and the fraud proofs round r's records
+  carry; the answer is kept only if the checkpoint's model hashes to what
+  the committed records say and f + 1 validators sent the same bytes, and
+  each proof only if its digest is one the committed inputs cite.
 * ``CLOSING_VOTE``: a validator's BLS signature over the run's closing
   statement (``protocol.genesis.Closing``); any quorum of them is the
   closing record's QC.
@@ -49,6 +55,7 @@ __all__ = [
 
 PBFT, SUBMISSION, REPORT, ANNOUNCE, MODEL_REQUEST, MODEL, CLOSING_VOTE = range(1, 8)
 GRADIENT_REQUEST, GRADIENT, REPORTS_REQUEST = 8, 9, 10
+STATE_REQUEST, STATE = 11, 12
 KIND_NAMES = {
     PBFT: "pbft",
     SUBMISSION: "submission",
@@ -60,6 +67,8 @@ KIND_NAMES = {
     GRADIENT_REQUEST: "gradient_request",
     GRADIENT: "gradient",
     REPORTS_REQUEST: "reports_request",
+    STATE_REQUEST: "state_request",
+    STATE: "state",
 }
 _ANNOUNCE_TAG = b"pot-jax/announce/v1\n"
 
@@ -164,3 +173,23 @@ def decode_closing_vote(body: bytes) -> tuple[int, bytes]:
     if len(signature) != 96:
         raise WireError(f"closing vote signature of {len(signature)} bytes, expected 96")
     return struct.unpack(">I", head)[0], signature
+
+
+def encode_state(round_: int, checkpoint: bytes, proofs: list[bytes]) -> bytes:
+    """A peer's checkpoint of round ``round_``'s state (b"" if it holds none) and the
+    FRAUD_PROOF record payloads of round ``round_``."""
+    parts = [struct.pack(">QI", round_, len(proofs))]
+    for p in proofs:
+        parts += [struct.pack(">I", len(p)), p]
+    return encode(STATE, b"".join(parts) + checkpoint)
+
+
+def decode_state(body: bytes) -> tuple[int, bytes, list[bytes]]:
+    head, pos = _take(body, 0, 12, "state")
+    round_, count = struct.unpack(">QI", head)
+    proofs = []
+    for _ in range(count):
+        size, pos = _take(body, pos, 4, "state proof length")
+        proof, pos = _take(body, pos, struct.unpack(">I", size)[0], "state proof")
+        proofs.append(proof)
+    return round_, body[pos:], proofs

@@ -188,6 +188,41 @@ def test_killed_validators_recover_and_a_killed_primary_causes_a_view_change(tmp
         assert audit(own).status == Status.PASSED
 
 
+def test_a_validator_down_longer_than_its_peers_keep_gradients_catches_up_by_state_transfer(
+    tmp_path,
+):
+    """Validators keep 2 rounds of gradients here (64 by default): validator 2, killed after
+    round 2 and down for seconds, can no longer re-derive the rounds it missed. It adopts
+    the certified state of a checkpoint round from its peers, catches up and closes; its
+    own transcript passes audit --recompute all."""
+    fields = {
+        **TINY,
+        "rounds": 40,
+        "byzantine_fraction": 0.0,
+        "byzantine_validators": "",
+        "checkpoint_every": 4,
+    }
+    result = up(
+        ProtocolConfig(**fields, run_dir=str(tmp_path / "run")),
+        keys_dir=str(tmp_path / "keys"),
+        time_scale=0.1,
+        timeout=300,
+        kill="validator/2@2",
+        restart_after=2.0,
+        history_rounds=2,
+        transfer_after=3,
+        echo=lambda *_: None,
+    )
+    assert result.rounds == 40 and len(result.kills) == 1
+    own = tmp_path / "run" / "nodes" / "validator-2"
+    stats = json.loads((own / "node-stats.json").read_text())
+    assert stats["restarts"] == 1 and stats["progress"]["closed"]
+    assert stats["state transfers"] >= 1 and stats["rounds adopted by state transfer"] >= 3
+    report = audit(own, recompute="all")
+    assert report.status == Status.PASSED, report.reason
+    assert audit(tmp_path / "run", recompute="all").status == Status.PASSED
+
+
 def test_the_cluster_runs_as_ray_actors(tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
     result = up(
