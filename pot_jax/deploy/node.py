@@ -98,6 +98,7 @@ from pot_jax.protocol.transcript import (
     TRANSCRIPT_NAME,
     CheckpointStore,
     RecordKind,
+    TranscriptError,
     TranscriptWriter,
     checkpoint_directory,
     decode_checkpoint_ref,
@@ -403,6 +404,7 @@ class ValidatorNode(_Base):
         self.ckpt_refs: dict[int, bytes] = {}
         self.proof_records: dict[int, list[bytes]] = {}
         self.transfer: StateTransfer | None = None
+        self.transfer_failed = False  # certified rounds did not follow from its own state
         votes_anything = any(b.votes_anything for b in roles)
         rc = ReplicaConfig(
             chain_id=ctx.chain_id,
@@ -1178,7 +1180,7 @@ class ValidatorNode(_Base):
     def _maybe_transfer(self) -> None:
         """Far behind (or behind further than its peers keep gradients), with the committed
         values of the rounds up to a checkpoint round at hand: adopt that round's state."""
-        if self.transfer is not None or self.closed:
+        if self.transfer is not None or self.transfer_failed or self.closed:
             return
         config, a = self.ctx.config, self.state.round
         decided = self._decided()
@@ -1242,7 +1244,12 @@ class ValidatorNode(_Base):
         checkpoint = b""
         if digest is not None:
             store = CheckpointStore(checkpoint_directory(self.data_dir / TRANSCRIPT_NAME))
-            checkpoint = store.get(digest)
+            try:
+                checkpoint = store.get(digest)
+            except TranscriptError as err:  # its own store lost a file: say so, keep serving
+                log.error("%s: cannot serve round %d's checkpoint: %s", self.me, r, err)
+                self.drop("state request for a checkpoint missing from this validator's store")
+                return
         proofs = self.proof_records.get(r, [])
         if not checkpoint and not proofs:
             self.drop("state request for a round this validator keeps no checkpoint of")
@@ -1266,6 +1273,9 @@ class ValidatorNode(_Base):
         """Write the adopted rounds (all derived first: a failure writes nothing) and go on
         from the target round's state."""
         t = self.transfer
+        if self.state.round >= t.target:  # it re-derived its way there meanwhile
+            self.transfer = None
+            return
         try:
             derived = t.derive(self.ctx.rules, self.state, self._qc_of)
         except TransferError as err:
@@ -1273,27 +1283,20 @@ class ValidatorNode(_Base):
             # or the certificates are wrong, and no peer can fix that. Say so and stop trying.
             self.stats[f"state transfer failed: {err}"] += 1
             log.error("%s: state transfer failed: %s", self.me, err)
-            self.transfer, self.transfer_after = None, 1 << 62
+            self.transfer, self.transfer_failed = None, True
             return
-        decisions = {rnd.decision.seq: rnd.decision for rnd in t.rounds.values()}
         state = self.state
         for r, outcome, proofs, judged, qc in derived:
             d = t.rounds[r].decision
             due = (r + 1) % self.ctx.config.checkpoint_every == 0 or r + 1 == t.target
             adopted = t.checkpoints[r + 1] if due else None
             state = self._write_round(
-                decisions[d.seq],
-                outcome,
-                t.rounds[r].inputs,
-                proofs,
-                judged,
-                qc=qc,
-                adopted=adopted,
+                d, outcome, t.rounds[r].inputs, proofs, judged, qc=qc, adopted=adopted
             )
             self.app_seq = d.seq
         self.stats["state transfers"] += 1
-        self.stats["rounds adopted by state transfer"] += t.target - t.start
-        log.warning("%s: adopted rounds %d..%d", self.me, t.start, t.target - 1)
+        self.stats["rounds adopted by state transfer"] += len(derived)
+        log.warning("%s: adopted rounds %d..%d", self.me, derived[0][0], t.target - 1)
         self.transfer = None
         self.pending_commit = None
         timer = self.timers.pop("transfer", None)

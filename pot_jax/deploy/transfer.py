@@ -179,10 +179,12 @@ class StateTransfer:
         written here: a failure leaves the validator as it was."""
         from pot_jax.protocol.round import advance
 
-        if state.round != self.start:
-            raise TransferError(f"the transfer starts at round {self.start}, not {state.round}")
+        if not self.start <= state.round < self.target:
+            raise TransferError(
+                f"the transfer covers rounds {self.start}..{self.target - 1}, not {state.round}"
+            )
         out = []
-        for r in range(self.start, self.target):
+        for r in range(state.round, self.target):  # (it may have re-derived some meanwhile)
             rnd = self.rounds[r]
             if rnd.record.params_hash != state.params_hash:
                 raise TransferError(f"round {r}: its input model is not round {r - 1}'s output")

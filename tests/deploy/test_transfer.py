@@ -260,6 +260,8 @@ def test_certified_rounds_that_do_not_follow_from_its_state_write_nothing(finish
     assert failed == ["state transfer failed: round 0: its input model is not round -1's output"]
     assert node.transfer is None and node.state.round == 0
     assert (node.data_dir / TRANSCRIPT_NAME).stat().st_size == size
+    node._maybe_transfer()  # and it does not start over (asking its peers for ever)
+    assert node.transfer is None
 
 
 def test_a_validator_only_a_few_rounds_behind_re_derives_instead(finished, tmp_path):
