@@ -45,6 +45,15 @@ Bounds and failures:
   clean end and counts nothing.
 * ``on_message`` raising is logged and counted (``"handler error"``); the
   stream goes on.
+* An identity holds at most ``Limits.streams_per_peer`` incoming streams at
+  once: one more closes its oldest (counted ``"stream limit: <peer>"``), so
+  the holder of a key that opens streams without end costs the listener a
+  bounded number of them and loses only its own older ones, while an honest
+  dialer that redials before the listener noticed its old stream died keeps
+  the new one. At most ``Limits.pending_handshakes`` streams wait for their
+  hello at once; one more is refused at once (``"too many handshakes"``): an
+  unauthenticated flood holds a bounded number of streams for at most
+  ``handshake_timeout`` each.
 * A broken stream is redialled with exponential backoff (``backoff_initial``
   doubling to ``backoff_max``, times a jitter in [0.5, 1) from a
   ``random.Random(seed)``), counted in ``stats.reconnects``. Queued messages
@@ -124,6 +133,11 @@ class Limits:
     handshake_timeout: float = 10.0
     # HTTP/2 pings notice a peer that vanished without closing its connection.
     keepalive: float = 10.0
+    # Incoming streams one authenticated identity may hold at once (its oldest is closed).
+    streams_per_peer: int = 4
+    # Incoming streams that may wait for their hello at once (a 1000-node cluster opens
+    # about 1000 at the start on each validator: this bound sits above that).
+    pending_handshakes: int = 4096
 
 
 @dataclass
@@ -276,6 +290,8 @@ class Transport:
         self._jitter = random.Random(seed)
         self._links = {peer: _Link(address) for peer, address in peers.items()}
         self._server: grpc.aio.Server | None = None
+        self._incoming: dict[str, deque] = {}  # sender -> its open streams' tasks, oldest first
+        self._handshakes = 0
         self._started = False
         self._stopped = False
 
@@ -510,14 +526,21 @@ class Transport:
     async def _serve(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         """One incoming stream: nonce, hello check, then deliver as from the authenticated dialer."""
         del request_iterator  # read through the context instead
-        nonce = os.urandom(NONCE_BYTES)
-        await context.write(nonce)
+        if self._handshakes >= self.limits.pending_handshakes:
+            self.stats.dropped["too many handshakes"] += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many pending handshakes")
+        self._handshakes += 1
         try:
-            async with asyncio.timeout(self.limits.handshake_timeout):
-                hello = await context.read()
-        except TimeoutError:
-            self.stats.dropped["hello timeout"] += 1
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello")
+            nonce = os.urandom(NONCE_BYTES)
+            await context.write(nonce)
+            try:
+                async with asyncio.timeout(self.limits.handshake_timeout):
+                    hello = await context.read()
+            except TimeoutError:
+                self.stats.dropped["hello timeout"] += 1
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello")
+        finally:
+            self._handshakes -= 1
         if hello is grpc.aio.EOF:
             return
         sender = self._authenticate(hello, nonce)
@@ -526,6 +549,21 @@ class Transport:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "hello not signed by the endpoint it names"
             )
+        streams = self._incoming.setdefault(sender, deque())
+        streams.append(context)
+        while len(streams) > self.limits.streams_per_peer:
+            # Its oldest goes: an honest dialer that redialled keeps its newest stream.
+            self.stats.dropped[f"stream limit: {sender}"] += 1
+            await _end(streams.popleft(), f"more than {self.limits.streams_per_peer} streams")
+        try:
+            await self._receive(sender, context)
+        finally:
+            if context in streams:
+                streams.remove(context)
+            if not streams:
+                self._incoming.pop(sender, None)
+
+    async def _receive(self, sender: str, context) -> None:
         while (data := await context.read()) is not grpc.aio.EOF:
             if len(data) > self.limits.max_message_bytes:
                 self.stats.dropped["oversized receive"] += 1
@@ -549,3 +587,11 @@ class Transport:
             return dialer
         log.info("%s: hello claiming to be %s has a bad signature", self.me, dialer)
         return None
+
+
+async def _end(context, why: str) -> None:
+    """End another stream's RPC from outside its handler (its pending read then ends)."""
+    try:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+    except Exception:  # abort raises to its caller by design; the RPC is ended either way
+        pass

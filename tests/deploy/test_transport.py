@@ -602,3 +602,61 @@ def test_a_dial_only_endpoint_sends_under_its_own_name_and_faults_as_its_host():
     inbox, dropped = run(scenario())
     assert inbox == [("worker/3", b"after")]  # authenticated under the node's own name
     assert dropped["fault: partition"] == 1
+
+
+def test_an_identity_holds_a_bounded_number_of_streams_its_oldest_closed_first():
+    """A key holder that opens streams without end (each hello fresh and valid) costs the
+    listener at most ``streams_per_peer`` of them; its newest keep delivering."""
+
+    async def scenario():
+        keys = Keys()
+        listener = Node(keys, "validator/0", limits=Limits(streams_per_peer=2))
+        await started(listener)
+        sign = keys.sign_as("worker/1")
+        opened = []
+        for k in range(4):
+            channel, call, nonce = await raw_stream(listener.transport.address)
+            hello = sign(hello_message(CHAIN, nonce, "worker/1", "validator/0"))
+            await call.write(encode_hello("worker/1", hello))
+            await call.write(b"stream %d" % k)
+            opened.append((channel, call))
+            await until(lambda k=k: len(listener.inbox) == k + 1)
+        assert listener.transport.stats.dropped["stream limit: worker/1"] == 2
+        assert len(listener.transport._incoming["worker/1"]) == 2
+        for _channel, call in opened[:2]:  # the two oldest were closed by the listener
+            assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await opened[3][1].write(b"still here")
+        await until(lambda: listener.inbox[-1] == ("worker/1", b"still here"))
+        for channel, _ in opened:
+            await channel.close()
+        await stopped(listener)
+
+    run(scenario())
+
+
+def test_streams_waiting_for_a_hello_are_bounded():
+    async def scenario():
+        keys = Keys()
+        listener = Node(keys, "validator/0", limits=Limits(pending_handshakes=2))
+        await started(listener)
+        waiting = [await raw_stream(listener.transport.address) for _ in range(2)]
+        channel = grpc.aio.insecure_channel(listener.transport.address)
+        call = channel.stream_stream(
+            METHOD_PATH, request_serializer=None, response_deserializer=None
+        )()
+        assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert listener.transport.stats.dropped["too many handshakes"] == 1
+        # Once one of them says hello, a new stream is taken again.
+        sign = keys.sign_as("worker/1")
+        ch, first, nonce = waiting[0]
+        await first.write(
+            encode_hello("worker/1", sign(hello_message(CHAIN, nonce, "worker/1", "validator/0")))
+        )
+        await first.write(b"hello")
+        await until(lambda: listener.inbox == [("worker/1", b"hello")])
+        more_channel, more, _ = await raw_stream(listener.transport.address)
+        for c in (channel, more_channel, *[w[0] for w in waiting]):
+            await c.close()
+        await stopped(listener)
+
+    run(scenario())
